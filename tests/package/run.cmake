@@ -1,0 +1,64 @@
+# cmake -P script behind the CTest tests package.find_package and package.fetchcontent.
+#   MODE=find_package: cmake --install BUILD_DIR into WORK_DIR/prefix, then build the consumer against that prefix.
+#   MODE=fetchcontent: build the consumer with FetchContent(SOURCE_DIR=SOURCE_DIR).
+# Either way the consumer must configure, build, run, exit 0 and print its line.
+foreach(var MODE SOURCE_DIR BUILD_DIR WORK_DIR GENERATOR CXX_COMPILER)
+    if(NOT DEFINED ${var} OR "${${var}}" STREQUAL "")
+        message(FATAL_ERROR "run.cmake: -D ${var}=... is required")
+    endif()
+endforeach()
+
+function(run)
+    string(REPLACE ";" " " shown "${ARGN}")
+    message(STATUS "package test: ${shown}")
+    execute_process(COMMAND ${ARGN} RESULT_VARIABLE result OUTPUT_VARIABLE output ERROR_VARIABLE output)
+    if(NOT result EQUAL 0)
+        message(FATAL_ERROR "failed (${result}): ${shown}\n${output}")
+    endif()
+    set(output "${output}" PARENT_SCOPE)
+endfunction()
+
+file(REMOVE_RECURSE "${WORK_DIR}")
+set(consumer_args -DMODELPOOL_CONSUME=${MODE})
+
+if(MODE STREQUAL "find_package")
+    set(prefix "${WORK_DIR}/prefix")
+    set(config_args)
+    if(CONFIG)
+        set(config_args --config "${CONFIG}")
+    endif()
+    run("${CMAKE_COMMAND}" --install "${BUILD_DIR}" --prefix "${prefix}" ${config_args})
+    foreach(file include/modelpool/modelpool.hpp share/cmake/modelpool/modelpoolConfig.cmake
+                 share/cmake/modelpool/modelpoolConfigVersion.cmake share/cmake/modelpool/modelpoolTargets.cmake)
+        if(NOT EXISTS "${prefix}/${file}")
+            message(FATAL_ERROR "cmake --install did not install ${file}")
+        endif()
+    endforeach()
+    list(APPEND consumer_args "-DCMAKE_PREFIX_PATH=${prefix}" "-DMODELPOOL_EXPECTED_PREFIX=${prefix}")
+elseif(MODE STREQUAL "fetchcontent")
+    list(APPEND consumer_args "-DMODELPOOL_SOURCE_DIR=${SOURCE_DIR}")
+else()
+    message(FATAL_ERROR "run.cmake: unknown MODE '${MODE}'")
+endif()
+
+# Same compiler, flags (sanitizers), standard and launcher (ccache) as the tree under test.
+list(APPEND consumer_args "-DCMAKE_CXX_COMPILER=${CXX_COMPILER}" "-DCMAKE_CXX_FLAGS=${CXX_FLAGS}")
+foreach(pair CXX_COMPILER_LAUNCHER:CMAKE_CXX_COMPILER_LAUNCHER CXX_STANDARD:CMAKE_CXX_STANDARD
+             BUILD_TYPE:CMAKE_BUILD_TYPE)
+    string(REPLACE ":" ";" pair "${pair}")
+    list(GET pair 0 from)
+    list(GET pair 1 to)
+    if(NOT "${${from}}" STREQUAL "")
+        list(APPEND consumer_args "-D${to}=${${from}}")
+    endif()
+endforeach()
+
+set(build "${WORK_DIR}/build")
+run("${CMAKE_COMMAND}" -S "${SOURCE_DIR}/tests/package" -B "${build}" -G "${GENERATOR}" ${consumer_args})
+run("${CMAKE_COMMAND}" --build "${build}")
+find_program(consumer consumer PATHS "${build}" "${build}/${BUILD_TYPE}" NO_DEFAULT_PATH REQUIRED)
+run("${consumer}")
+if(NOT output MATCHES "modelpool consumer: pool started and stopped")
+    message(FATAL_ERROR "the consumer ran but did not print its line; it printed:\n${output}")
+endif()
+message(STATUS "package test (${MODE}): consumer built and ran: ${output}")
