@@ -1,3 +1,5 @@
+cmake_minimum_required(VERSION 3.21)
+
 # cmake -P script, run after Catch2 v2's catch_discover_tests: labels every discovered test with BASE_LABELS plus
 # its Catch tags, so "ctest -L <tag>" selects a component. Catch2 v3 does this itself (ADD_TAGS_AS_LABELS).
 #   -D TEST_EXECUTABLE=<Catch2 v2 test binary> -D BASE_LABELS=<list> -D OUTPUT=<ctest include file to write>

@@ -44,13 +44,14 @@ done
 # Boost 1.74's dev packages (libboost-dev, libboost1.74-dev and the libboost-*-dev family built on them)
 # conflict with libboost1.81-dev; apt would remove them, and whatever depends on them, to install it.
 if ! installed libboost1.81-dev && installed libboost1.74-dev; then
-    say "libboost1.74-dev (Boost 1.74, pulled in by libboost-dev or libboost-all-dev) is installed." \
-        "modelpool needs Boost >= 1.81 (Asio 1.26: experimental channels, awaitable operators), and" \
-        "libboost1.81-dev conflicts with the 1.74 dev packages, so apt will remove them below."
     if [[ "${MODELPOOL_REPLACE_BOOST:-}" != 1 ]]; then
-        die "Not removing packages without your consent. Either run again with MODELPOOL_REPLACE_BOOST=1," \
-            "or replace them yourself: apt-get install libboost1.81-dev (it lists what it removes)."
+        die "libboost1.74-dev (Boost 1.74, from libboost-dev or libboost-all-dev) is installed." \
+            "modelpool needs Boost >= 1.81 (Asio 1.26), packaged as libboost1.81-dev, which conflicts with it:" \
+            "installing libboost1.81-dev makes apt remove the Boost 1.74 dev packages and what depends on them." \
+            "To let this script do that, run again with MODELPOOL_REPLACE_BOOST=1; or do it yourself:" \
+            "  apt-get install libboost1.81-dev    (apt lists what it removes and asks first)"
     fi
+    say "replacing the Boost 1.74 dev packages with libboost1.81-dev (MODELPOOL_REPLACE_BOOST=1)"
 fi
 
 # --- Install ------------------------------------------------------------------------------------------------
@@ -59,9 +60,9 @@ if [[ $(id -u) -eq 0 ]]; then
 elif command -v sudo >/dev/null 2>&1; then
     as_root=(sudo)
 else
-    manual_hint
-    die "missing packages: ${missing[*]}" \
-        "Installing them needs root: run this script as root, or install sudo and give your user sudo rights."
+    die "missing Debian packages: ${missing[*]}" \
+        "Installing them needs root, and sudo is not installed. As root, run: apt-get install ${missing[*]}" \
+        "(or run this script as root), then run your command again."
 fi
 
 say "missing Debian packages: ${missing[*]}"

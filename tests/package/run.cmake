@@ -1,3 +1,5 @@
+cmake_minimum_required(VERSION 3.21)
+
 # cmake -P script behind the CTest tests package.find_package and package.fetchcontent.
 #   MODE=find_package: cmake --install BUILD_DIR into WORK_DIR/prefix, then build the consumer against that prefix.
 #   MODE=fetchcontent: build the consumer with FetchContent(SOURCE_DIR=SOURCE_DIR).
