@@ -1,0 +1,48 @@
+// modelpool/detail/completion.hpp
+//
+// How modelpool completes a caller's handler: always through the handler's associated executor (falling back to
+// the pool's executor), never inline under a lock, with the handler's cancellation slot cleared first so that a
+// late cancellation cannot reach a finished operation.
+#pragma once
+
+#include "modelpool/asio.hpp"
+
+#include <utility>
+
+namespace modelpool::detail {
+
+template <class T>
+inline constexpr bool is_erased_handler_v = false;
+template <class... Signatures>
+inline constexpr bool is_erased_handler_v<asio::any_completion_handler<Signatures...>> = true;
+
+/// The executor a handler must complete on: its associated executor, or `fallback`. Type-erased handlers only
+/// offer an `any_completion_executor`, which cannot `post`; so erased handlers are stored together with the
+/// `any_io_executor` computed here from the concrete handler, before erasure.
+template <class Handler, class Executor>
+asio::any_io_executor completion_executor(const Handler& handler, const Executor& fallback) {
+    return asio::get_associated_executor(handler, fallback);
+}
+
+/// Posts `handler(args...)` to the handler's associated executor (or `fallback`); for a type-erased handler,
+/// `fallback` must be the executor computed by `completion_executor` before erasure. Never runs the handler
+/// inline, so it is safe to call with locks released but from inside other operations.
+template <class Handler, class Executor, class... Args>
+void post_completion(Handler handler, const Executor& fallback, Args&&... args) {
+    asio::any_io_executor executor = [&] {
+        if constexpr (is_erased_handler_v<Handler>) {
+            return asio::any_io_executor(fallback);
+        } else {
+            return completion_executor(handler, fallback);
+        }
+    }();
+    asio::post(executor, [handler = std::move(handler), ... args = std::forward<Args>(args)]() mutable {
+        auto slot = asio::get_associated_cancellation_slot(handler);
+        if (slot.is_connected()) {
+            slot.clear();
+        }
+        std::move(handler)(std::move(args)...);
+    });
+}
+
+} // namespace modelpool::detail

@@ -1,0 +1,139 @@
+// modelpool/detail/job.hpp
+//
+// A request waiting in, or taken from, its key's queue. The router sees only `job_base` (queue bookkeeping,
+// failing, cancelling); the worker runs `job<Cap>` against its invoker. Every job ends exactly once: `claim()` is
+// the single gate through which a result, an error, a cancellation or a shutdown completes it.
+#pragma once
+
+#include "modelpool/asio.hpp"
+#include "modelpool/detail/completion.hpp"
+#include "modelpool/detail/invoker.hpp"
+#include "modelpool/error.hpp"
+#include "modelpool/metrics.hpp"
+#include "modelpool/stream.hpp"
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <utility>
+
+namespace modelpool::detail {
+
+/// The capability-independent part of a request.
+class job_base {
+public:
+    virtual ~job_base() = default;
+
+    /// Completes the request with `error` unless it already ended.
+    virtual void fail(const PoolError& error) = 0;
+
+    /// True once the request has ended (answered, failed or cancelled): a worker skips it.
+    [[nodiscard]] virtual bool done() const noexcept { return done_.load(std::memory_order_acquire); }
+
+    /// When the request entered the queue (for queue-wait figures).
+    std::chrono::steady_clock::time_point enqueued_at{};
+
+    /// Where the outcome is counted (set by the pool before submitting).
+    std::shared_ptr<pool_metrics> metrics;
+
+protected:
+    /// Counts the outcome of a request that this caller just claimed.
+    void count(bool ok, errc code) const noexcept {
+        if (metrics) {
+            metrics->outcome(ok, code);
+        }
+    }
+
+    /// Takes the right to complete the request; true for exactly one caller.
+    bool claim() noexcept { return !done_.exchange(true, std::memory_order_acq_rel); }
+
+private:
+    std::atomic<bool> done_{false};
+};
+
+/// A request of capability `Cap`, runnable by a worker of that capability.
+template <class Cap>
+class job : public job_base {
+public:
+    /// Serves the request with the worker's model and completes it.
+    virtual asio::awaitable<void> run(const invoker<Cap>& model) = 0;
+};
+
+/// A request with one reply, completing the caller's handler.
+template <class Cap, class Op>
+class unary_job final : public job<Cap> {
+public:
+    /// The caller's completion handler, type-erased.
+    using handler_type = asio::any_completion_handler<void(result<typename Op::reply>)>;
+
+    /// `executor` is the handler's own (see `completion_executor`), computed before erasure.
+    unary_job(Op op, handler_type handler, asio::any_io_executor executor)
+        : op_(std::move(op)), handler_(std::move(handler)), fallback_(std::move(executor)) {}
+
+    asio::awaitable<void> run(const invoker<Cap>& model) override {
+        auto outcome = co_await model.call(op_);
+        complete(std::move(outcome));
+    }
+
+    void fail(const PoolError& error) override { complete(unexpected<PoolError>(error)); }
+
+    /// Completes with `cancelled`; false if the request had already ended.
+    bool cancel() {
+        return complete(fail_value(errc::cancelled, fmt::format("{} request was cancelled by its caller", Op::name)));
+    }
+
+private:
+    static result<typename Op::reply> fail_value(errc code, std::string message) {
+        return modelpool::fail(code, std::move(message));
+    }
+
+    bool complete(result<typename Op::reply> outcome) {
+        if (!this->claim()) {
+            return false;
+        }
+        this->count(outcome.has_value(), outcome ? errc::ok : outcome.error().code());
+        post_completion(std::move(handler_), fallback_, std::move(outcome));
+        return true;
+    }
+
+    Op op_;
+    handler_type handler_;
+    asio::any_io_executor fallback_;
+};
+
+/// A streaming request: the caller already holds the reading end; the model writes into `op.sink`.
+template <class Cap, class Op>
+class stream_job final : public job<Cap> {
+public:
+    using state_type = stream_state<typename Op::chunk>; ///< The shared stream state.
+
+    stream_job(Op op, std::shared_ptr<state_type> state) : op_(std::move(op)), state_(std::move(state)) {}
+
+    asio::awaitable<void> run(const invoker<Cap>& model) override {
+        if (state_->abandoned()) {
+            // The reader left while the request waited: do not start generating.
+            finish(modelpool::fail(errc::cancelled, "{} stream was abandoned before it started", Op::name));
+            co_return;
+        }
+        auto outcome = co_await model.call(op_);
+        finish(std::move(outcome));
+    }
+
+    void fail(const PoolError& error) override { finish(unexpected<PoolError>(error)); }
+
+    /// A request whose reader has gone counts as done: a worker skips it.
+    [[nodiscard]] bool done() const noexcept override { return job_base::done() || state_->abandoned(); }
+
+private:
+    void finish(result<void> outcome) {
+        if (this->claim()) {
+            this->count(outcome.has_value(), outcome ? errc::ok : outcome.error().code());
+            state_->finish(std::move(outcome));
+        }
+    }
+
+    Op op_;
+    std::shared_ptr<state_type> state_;
+};
+
+} // namespace modelpool::detail

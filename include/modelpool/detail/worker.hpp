@@ -1,0 +1,131 @@
+// modelpool/detail/worker.hpp
+//
+// The one worker loop every capability runs. A worker:
+// 1. co_awaits its loader on the pool's io_context (no thread is blocked: a loader that waits on I/O or a timer
+//    suspends, and a loader that throws counts as a failed load);
+// 2. on failure, releases its memory reservation, logs one error line (key, worker id, reason) and lets its
+//    router fail the waiting requests with `spawn_failed` if no other worker of the key is alive;
+// 3. on success, registers as ready with its key's router and serves requests pulled from the key's queue, one
+//    at a time (model authors need no locks), until the router releases it (eviction or shutdown).
+#pragma once
+
+#include "modelpool/asio.hpp"
+#include "modelpool/detail/invoker.hpp"
+#include "modelpool/detail/job.hpp"
+#include "modelpool/detail/key_router.hpp"
+#include "modelpool/error.hpp"
+#include "modelpool/memory_governor.hpp"
+#include "modelpool/metrics.hpp"
+#include "modelpool/offload.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <type_traits>
+#include <utility>
+
+namespace modelpool::detail {
+
+/// What all workers of one pool share. Outlives every worker coroutine (each holds a shared_ptr).
+struct pool_core {
+    explicit pool_core(call_env e) : env(std::move(e)) {}
+
+    std::shared_ptr<spdlog::logger> logger; ///< Where workers log.
+    std::shared_ptr<pool_metrics> metrics;  ///< Counters.
+    call_env env;                           ///< Where blocking model calls run.
+
+    /// Counts worker coroutines that have not finished, so shutdown can wait for them (a gate).
+    void enter() {
+        std::lock_guard lock(mutex);
+        ++live_workers;
+    }
+    /// A worker coroutine finished.
+    void leave() {
+        std::lock_guard lock(mutex);
+        if (--live_workers == 0) {
+            drained.notify_all();
+        }
+    }
+
+    std::mutex mutex;                 ///< Guards live_workers.
+    std::condition_variable drained;  ///< Signalled when live_workers reaches 0.
+    std::size_t live_workers = 0;     ///< Worker coroutines not yet finished.
+};
+
+/// The value type a loader's awaitable yields: `result<T>`.
+template <class F>
+using loader_result_t = typename awaitable_value<std::invoke_result_t<F&>>::type;
+
+/// Leaves the pool's gate when the worker coroutine ends, however it ends (also when its frame is destroyed
+/// unfinished at shutdown).
+struct gate_ticket {
+    std::shared_ptr<pool_core> core;
+    explicit gate_ticket(std::shared_ptr<pool_core> c) : core(std::move(c)) { core->enter(); }
+    gate_ticket(const gate_ticket&) = delete;
+    gate_ticket& operator=(const gate_ticket&) = delete;
+    ~gate_ticket() { core->leave(); }
+};
+
+/// Runs one worker of capability `Cap` with model type `T`, from load to stop. See the file comment.
+template <class Cap, class T, class F>
+asio::awaitable<void> run_worker(std::shared_ptr<pool_core> core, std::shared_ptr<key_router> router, WorkerId id,
+                                 F loader, AllocationGuard guard) {
+    gate_ticket ticket(core);
+    const auto& key = router->key();
+    router->transition(id, WorkerState::loading);
+    core->metrics->loader_call();
+
+    std::optional<result<T>> loaded;
+    try {
+        loaded.emplace(co_await std::invoke(loader));
+    } catch (...) {
+        loaded.emplace(fail(errc::spawn_failed, "loader threw: {}", describe_current_exception()));
+    }
+
+    if (!*loaded) {
+        const auto& cause = loaded->error();
+        PoolError error(errc::spawn_failed,
+                        fmt::format("{} worker {} for '{}' failed to load: {}{}", Cap::name, id, key,
+                                    cause.code() == errc::spawn_failed ? "" : fmt::format("{}: ", cause.code()),
+                                    cause.message().empty() ? "(the loader gave no reason)" : cause.message()));
+        loaded.reset();
+        guard.release(); // memory is back before anyone learns of the failure
+        core->metrics->worker_failed();
+        core->logger->error("{}", error.message());
+        router->worker_failed(id, error);
+        co_return;
+    }
+
+    {
+        T model = std::move(**loaded);
+        loaded.reset();
+        const invoker<Cap> calls(model, core->env);
+        core->metrics->worker_loaded();
+        router->worker_loaded(id);
+        core->logger->debug("{} worker {} for '{}' ready ({} MB)", Cap::name, id, key, guard.size_mb());
+
+        auto executor = co_await asio::this_coro::executor;
+        for (;;) {
+            auto job = router->try_take(id);
+            if (!job) {
+                job = co_await router->async_take(id, executor, asio::use_awaitable);
+            }
+            if (!job) {
+                break;
+            }
+            co_await static_cast<detail::job<Cap>&>(*job).run(calls);
+            router->request_served(id);
+        }
+    } // the model is destroyed before its memory is released
+    guard.release();
+    core->metrics->worker_stopped();
+    core->logger->debug("{} worker {} for '{}' stopped", Cap::name, id, key);
+    router->worker_stopped(id);
+}
+
+} // namespace modelpool::detail
