@@ -47,10 +47,10 @@ struct PoolOptions {
     std::chrono::milliseconds shutdown_timeout{30'000};
 
     /// The logger (spdlog). Null: a logger named "modelpool" writing to stderr, not registered globally.
-    std::shared_ptr<spdlog::logger> logger;
+    std::shared_ptr<spdlog::logger> logger{};
 
     /// The clock every delay reads. Null: the steady clock. Tests pass a `ManualClock`.
-    std::shared_ptr<Clock> clock;
+    std::shared_ptr<Clock> clock{};
 
     /// Checks the options; the error names the field and the value.
     [[nodiscard]] result<void> validate() const {

@@ -23,8 +23,8 @@ struct GenerationParams {
     std::size_t max_tokens = 256;          ///< Upper bound on generated tokens.
     double temperature = 0.7;              ///< Sampling temperature; 0 means greedy.
     double top_p = 1.0;                    ///< Nucleus sampling mass.
-    std::optional<std::uint64_t> seed;     ///< Fixed seed for reproducible output.
-    std::vector<std::string> stop;         ///< Stop sequences.
+    std::optional<std::uint64_t> seed{};   ///< Fixed seed for reproducible output.
+    std::vector<std::string> stop{};       ///< Stop sequences.
 };
 
 /// A piece of generated text (text_to_text and vision streams).
@@ -68,7 +68,7 @@ struct ImageConfig {
     std::uint32_t width = 512;         ///< Output width in pixels.
     std::uint32_t height = 512;        ///< Output height in pixels.
     std::uint32_t steps = 4;           ///< Denoising (or refinement) steps.
-    std::optional<std::uint64_t> seed; ///< Fixed seed for reproducible output.
+    std::optional<std::uint64_t> seed{}; ///< Fixed seed for reproducible output.
 };
 
 /// An 8-bit interleaved image (row-major, `channels` bytes per pixel).

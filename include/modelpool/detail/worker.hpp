@@ -76,6 +76,9 @@ template <class Cap, class T, class F>
 asio::awaitable<void> run_worker(std::shared_ptr<pool_core> core, std::shared_ptr<key_router> router, WorkerId id,
                                  F loader, AllocationGuard guard) {
     gate_ticket ticket(core);
+    // Never run the loader inline inside the spawn call (co_spawn dispatches when called on a pool thread):
+    // the spawn function must return at once, whatever the loader does before its first suspension.
+    co_await asio::post(co_await asio::this_coro::executor, asio::use_awaitable);
     const auto& key = router->key();
     router->transition(id, WorkerState::loading);
     core->metrics->loader_call();

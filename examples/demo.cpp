@@ -1,0 +1,279 @@
+// modelpool demo: two small, honest demo models (not real neural networks) served by a modelpool::Pool.
+//
+// - "ngram-embed" (text_embedding): hashed character-trigram embeddings. Its loader reads the sentence corpus
+//   without blocking the io_context (the file read is offloaded to the blocking executor) and builds the model.
+// - "bigram-gen" (text_to_text): a word-bigram generator trained on the same corpus, streaming words.
+// - "broken" (text_embedding): a loader that fails, to show how waiting requests learn of it at once.
+//
+// The demo cold-starts two embedding workers (0 -> 2), sends a burst of concurrent requests, runs a nearest-
+// sentence search, streams generated text, and prints the pool's counters. `--smoke` keeps it short for CI.
+#include <modelpool/modelpool.hpp>
+
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include <boost/asio/use_future.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <iterator>
+#include <map>
+#include <numeric>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace asio = modelpool::asio;
+using modelpool::Embedding;
+using modelpool::result;
+
+namespace {
+
+constexpr std::string_view corpus_text = R"(the pool keeps models loaded in worker coroutines
+a worker loads its model without blocking the event loop
+requests wait in one bounded queue per model key
+idle workers take the next request from the queue
+the memory governor refuses a worker that does not fit
+a failed load reaches every waiting request at once
+streams carry generated text back to the caller chunk by chunk
+a slow reader slows the model down through backpressure
+the blocking executor runs blocking model calls on other threads
+every request ends exactly once with its result or an error)";
+
+/// Writes the corpus to the demo's cache directory on first run and returns its path.
+std::filesystem::path ensure_corpus() {
+    auto dir = std::filesystem::temp_directory_path() / "modelpool-demo";
+    std::filesystem::create_directories(dir);
+    auto path = dir / "corpus.txt";
+    if (!std::filesystem::exists(path)) {
+        std::ofstream(path) << corpus_text << '\n';
+    }
+    return path;
+}
+
+std::vector<std::string> read_lines(const std::filesystem::path& path) {
+    std::ifstream in(path);
+    std::vector<std::string> lines;
+    for (std::string line; std::getline(in, line);) {
+        if (!line.empty()) {
+            lines.push_back(line);
+        }
+    }
+    return lines;
+}
+
+/// Hashed character-trigram embeddings, L2-normalised. Blocking (CPU) operations: the pool runs them on its
+/// blocking executor.
+struct NgramEmbedder {
+    std::size_t dimensions = 64;
+
+    result<Embedding> embed(const std::string& text, const std::optional<std::string>& /*task*/) const {
+        Embedding v(dimensions, 0.0f);
+        std::string padded = "  " + text + "  ";
+        for (std::size_t i = 0; i + 3 <= padded.size(); ++i) {
+            v[std::hash<std::string_view>{}(std::string_view(padded).substr(i, 3)) % dimensions] += 1.0f;
+        }
+        float norm = std::sqrt(std::inner_product(v.begin(), v.end(), v.begin(), 0.0f));
+        for (auto& x : v) {
+            x /= norm > 0 ? norm : 1.0f;
+        }
+        return v;
+    }
+
+    result<std::vector<Embedding>> batch_embed(const std::vector<std::string>& texts,
+                                               const std::optional<std::string>& task) const {
+        std::vector<Embedding> out;
+        for (const auto& text : texts) {
+            out.push_back(*embed(text, task));
+        }
+        return out;
+    }
+};
+
+/// A word-bigram generator; its `prompt` is a coroutine that streams one word per chunk.
+struct BigramGenerator {
+    std::map<std::string, std::vector<std::string>> next;
+
+    asio::awaitable<result<void>> prompt(const std::string& prompt, const modelpool::GenerationParams& params,
+                                         modelpool::ChunkSink<modelpool::CompletionChunk>& sink) {
+        std::string word = prompt;
+        std::uint64_t state = params.seed.value_or(7);
+        std::size_t produced = 0;
+        for (; produced < params.max_tokens; ++produced) {
+            auto it = next.find(word);
+            if (it == next.end() || it->second.empty()) {
+                break;
+            }
+            state = state * 6364136223846793005ULL + 1442695040888963407ULL;
+            word = it->second[(state >> 33) % it->second.size()];
+            modelpool::TextChunk chunk{" " + word}; // named: see ChunkSink::send's note on g++ 12
+            if (!co_await sink.send(chunk)) {
+                co_return modelpool::fail(modelpool::errc::cancelled, "reader left");
+            }
+        }
+        modelpool::CompletionStats stats{.finish_reason = produced == params.max_tokens ? "length" : "stop",
+                                         .token_count = produced};
+        co_await sink.send(std::move(stats));
+        co_return result<void>{};
+    }
+};
+
+float cosine(const Embedding& a, const Embedding& b) {
+    return std::inner_product(a.begin(), a.end(), b.begin(), 0.0f);
+}
+
+asio::awaitable<int> run_demo(modelpool::Pool& pool, bool smoke) {
+    const auto corpus_path = ensure_corpus();
+    auto& log = pool.logger();
+
+    // Cold start: two embedding workers. The loader co_awaits a file read offloaded to the blocking executor.
+    auto embed_loader = [&pool, corpus_path]() -> asio::awaitable<result<NgramEmbedder>> {
+        // Named, not a temporary in the co_await operand: g++ 12 miscompiles class temporaries there.
+        auto read_corpus = [corpus_path] { return read_lines(corpus_path); };
+        auto lines = co_await modelpool::offload(pool.blocking_executor(), read_corpus);
+        if (lines.empty()) {
+            co_return modelpool::fail(modelpool::errc::spawn_failed, "corpus {} is empty", corpus_path.string());
+        }
+        co_return NgramEmbedder{};
+    };
+    for (int i = 0; i < 2; ++i) {
+        auto guard = pool.governor().try_allocate(128, "ngram-embed");
+        if (!guard) {
+            log.error("{}", guard.error());
+            co_return 1;
+        }
+        auto id = pool.spawn_text_embedding_worker("ngram-embed", embed_loader, 128, std::move(*guard));
+        log.info("spawned ngram-embed worker {}", id ? *id : 0);
+    }
+
+    auto gen_loader = [&pool, corpus_path]() -> asio::awaitable<result<BigramGenerator>> {
+        auto read_corpus = [corpus_path] { return read_lines(corpus_path); };
+        auto lines = co_await modelpool::offload(pool.blocking_executor(), read_corpus);
+        BigramGenerator model;
+        for (const auto& line : lines) {
+            std::istringstream words(line);
+            std::vector<std::string> tokens{std::istream_iterator<std::string>(words), {}};
+            for (std::size_t i = 0; i + 1 < tokens.size(); ++i) {
+                model.next[tokens[i]].push_back(tokens[i + 1]);
+            }
+        }
+        co_return model;
+    };
+    if (auto guard = pool.governor().try_allocate(64, "bigram-gen")) {
+        (void)pool.spawn_text_to_text_worker("bigram-gen", gen_loader, 64, std::move(*guard));
+    }
+
+    // A load failure: the request below waits for the worker, then learns of the failure at once.
+    if (auto guard = pool.governor().try_allocate(256, "broken")) {
+        (void)pool.spawn_text_embedding_worker(
+            "broken",
+            []() -> asio::awaitable<result<NgramEmbedder>> {
+                co_return modelpool::fail(modelpool::errc::spawn_failed, "weights file 'broken.bin' not found");
+            },
+            256, std::move(*guard));
+    }
+    auto broken = co_await pool.embed("broken", "hello");
+    log.info("request to 'broken' ended with: {}", broken ? std::string("a result?!") : broken.error().to_string());
+
+    // A burst of concurrent requests, spread over the two embedding workers.
+    const auto sentences = read_lines(corpus_path);
+    const std::size_t burst = smoke ? 32 : 512;
+    std::vector<std::future<result<Embedding>>> pending;
+    for (std::size_t i = 0; i < burst; ++i) {
+        pending.push_back(pool.embed("ngram-embed", sentences[i % sentences.size()], asio::use_future));
+    }
+    auto corpus = co_await pool.batch_embed("ngram-embed", sentences);
+    if (!corpus) {
+        log.error("batch_embed failed: {}", corpus.error());
+        co_return 1;
+    }
+    const std::string query = "how do waiting requests learn that a model failed to load";
+    auto q = co_await pool.embed("ngram-embed", query);
+    if (!q) {
+        log.error("embed failed: {}", q.error());
+        co_return 1;
+    }
+    std::size_t best = 0;
+    for (std::size_t i = 1; i < corpus->size(); ++i) {
+        if (cosine(*q, (*corpus)[i]) > cosine(*q, (*corpus)[best])) {
+            best = i;
+        }
+    }
+    std::printf("query:   %s\nnearest: %s (cosine %.3f)\n", query.c_str(), sentences[best].c_str(),
+                cosine(*q, (*corpus)[best]));
+
+    // Streamed generation.
+    modelpool::GenerationParams params{.max_tokens = smoke ? 8u : 24u, .seed = 42};
+    auto stream = co_await pool.prompt("bigram-gen", "the", params);
+    if (!stream) {
+        log.error("prompt failed: {}", stream.error());
+        co_return 1;
+    }
+    std::printf("generated: the");
+    for (;;) {
+        auto chunk = co_await stream->async_next();
+        if (!chunk) {
+            std::printf("\n[stream error: %s]\n", chunk.error().to_string().c_str());
+            break;
+        }
+        if (!*chunk) {
+            break;
+        }
+        if (auto* text = std::get_if<modelpool::TextChunk>(&**chunk)) {
+            std::printf("%s", text->text.c_str());
+            std::fflush(stdout);
+        } else if (auto* stats = std::get_if<modelpool::CompletionStats>(&**chunk)) {
+            std::printf("\n[%zu words, finish: %s]\n", stats->token_count, stats->finish_reason.c_str());
+        }
+    }
+
+    std::size_t ok = 0;
+    for (auto& f : pending) {
+        ok += f.get().has_value() ? 1 : 0; // ready: the futures completed on this io_context before the stream ended
+    }
+    std::printf("burst: %zu of %zu embed requests succeeded\n", ok, burst);
+    co_return ok == burst ? 0 : 1;
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+    bool smoke = false;
+    std::string level = "info";
+    for (int i = 1; i < argc; ++i) {
+        std::string_view arg = argv[i];
+        if (arg == "--smoke") {
+            smoke = true;
+        } else if (arg.starts_with("--log-level=")) {
+            level = std::string(arg.substr(12));
+        } else if (arg == "--help" || arg == "-h") {
+            std::printf("usage: modelpool_demo [--smoke] [--log-level=trace|debug|info|warn|error]\n");
+            return 0;
+        } else {
+            std::fprintf(stderr, "unknown argument '%s' (try --help)\n", argv[i]);
+            return 2;
+        }
+    }
+    auto logger = std::make_shared<spdlog::logger>("modelpool", std::make_shared<spdlog::sinks::stderr_color_sink_mt>());
+    logger->set_level(spdlog::level::from_str(level));
+
+    modelpool::Pool pool({.io_threads = 1, .blocking_threads = 2, .memory_limit_mb = 1024, .logger = logger});
+    auto outcome = asio::co_spawn(pool.get_executor(), run_demo(pool, smoke), asio::use_future);
+    int code = outcome.get(); // the main thread waits; no pool thread ever blocks
+    pool.stop();
+
+    auto m = pool.metrics();
+    std::printf("\nrequests %llu, succeeded %llu, errors %llu (spawn_failed %llu); workers spawned %llu, loaded %llu, "
+                "failed %llu, stopped %llu; memory after stop %zu MB\n",
+                static_cast<unsigned long long>(m.requests), static_cast<unsigned long long>(m.succeeded),
+                static_cast<unsigned long long>(m.error_total()),
+                static_cast<unsigned long long>(m.errors_with(modelpool::errc::spawn_failed)),
+                static_cast<unsigned long long>(m.workers_spawned), static_cast<unsigned long long>(m.workers_loaded),
+                static_cast<unsigned long long>(m.workers_failed), static_cast<unsigned long long>(m.workers_stopped),
+                pool.governor().allocated_mb());
+    return code;
+}
