@@ -1,7 +1,8 @@
 // modelpool demo: two small, honest demo models (not real neural networks) served by a modelpool::Pool.
 //
 // - "ngram-embed" (text_embedding): hashed character-trigram embeddings. Its loader reads the sentence corpus
-//   without blocking the io_context (the file read is offloaded to the blocking executor) and builds the model.
+//   without blocking the io_context (the file read is offloaded to the blocking executor) and builds the
+//   model.
 // - "bigram-gen" (text_to_text): a word-bigram generator trained on the same corpus, streaming words.
 // - "broken" (text_embedding): a loader that fails, to show how waiting requests learn of it at once.
 //
@@ -136,7 +137,8 @@ asio::awaitable<int> run_demo(modelpool::Pool& pool, bool smoke) {
         auto read_corpus = [corpus_path] { return read_lines(corpus_path); };
         auto lines = co_await modelpool::offload(pool.blocking_executor(), read_corpus);
         if (lines.empty()) {
-            co_return modelpool::fail(modelpool::errc::spawn_failed, "corpus {} is empty", corpus_path.string());
+            co_return modelpool::fail(modelpool::errc::spawn_failed, "corpus {} is empty",
+                                      corpus_path.string());
         }
         co_return NgramEmbedder{};
     };
@@ -172,12 +174,14 @@ asio::awaitable<int> run_demo(modelpool::Pool& pool, bool smoke) {
         (void)pool.spawn_text_embedding_worker(
             "broken",
             []() -> asio::awaitable<result<NgramEmbedder>> {
-                co_return modelpool::fail(modelpool::errc::spawn_failed, "weights file 'broken.bin' not found");
+                co_return modelpool::fail(modelpool::errc::spawn_failed,
+                                          "weights file 'broken.bin' not found");
             },
             256, std::move(*guard));
     }
     auto broken = co_await pool.embed("broken", "hello");
-    log.info("request to 'broken' ended with: {}", broken ? std::string("a result?!") : broken.error().to_string());
+    log.info("request to 'broken' ended with: {}",
+             broken ? std::string("a result?!") : broken.error().to_string());
 
     // A burst of concurrent requests, spread over the two embedding workers.
     const auto sentences = read_lines(corpus_path);
@@ -233,7 +237,9 @@ asio::awaitable<int> run_demo(modelpool::Pool& pool, bool smoke) {
 
     std::size_t ok = 0;
     for (auto& f : pending) {
-        ok += f.get().has_value() ? 1 : 0; // ready: the futures completed on this io_context before the stream ended
+        ok += f.get().has_value()
+                  ? 1
+                  : 0; // ready: the futures completed on this io_context before the stream ended
     }
     std::printf("burst: %zu of %zu embed requests succeeded\n", ok, burst);
     co_return ok == burst ? 0 : 1;
@@ -258,7 +264,8 @@ int main(int argc, char** argv) {
             return 2;
         }
     }
-    auto logger = std::make_shared<spdlog::logger>("modelpool", std::make_shared<spdlog::sinks::stderr_color_sink_mt>());
+    auto logger = std::make_shared<spdlog::logger>("modelpool",
+                                                   std::make_shared<spdlog::sinks::stderr_color_sink_mt>());
     logger->set_level(spdlog::level::from_str(level));
 
     modelpool::Pool pool({.io_threads = 1, .blocking_threads = 2, .memory_limit_mb = 1024, .logger = logger});
@@ -267,13 +274,15 @@ int main(int argc, char** argv) {
     pool.stop();
 
     auto m = pool.metrics();
-    std::printf("\nrequests %llu, succeeded %llu, errors %llu (spawn_failed %llu); workers spawned %llu, loaded %llu, "
+    std::printf("\nrequests %llu, succeeded %llu, errors %llu (spawn_failed %llu); workers spawned %llu, "
+                "loaded %llu, "
                 "failed %llu, stopped %llu; memory after stop %zu MB\n",
                 static_cast<unsigned long long>(m.requests), static_cast<unsigned long long>(m.succeeded),
                 static_cast<unsigned long long>(m.error_total()),
                 static_cast<unsigned long long>(m.errors_with(modelpool::errc::spawn_failed)),
-                static_cast<unsigned long long>(m.workers_spawned), static_cast<unsigned long long>(m.workers_loaded),
-                static_cast<unsigned long long>(m.workers_failed), static_cast<unsigned long long>(m.workers_stopped),
-                pool.governor().allocated_mb());
+                static_cast<unsigned long long>(m.workers_spawned),
+                static_cast<unsigned long long>(m.workers_loaded),
+                static_cast<unsigned long long>(m.workers_failed),
+                static_cast<unsigned long long>(m.workers_stopped), pool.governor().allocated_mb());
     return code;
 }

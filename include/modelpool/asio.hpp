@@ -1,8 +1,8 @@
 // modelpool/asio.hpp
 //
-// The one place that names Boost.Asio. modelpool's API speaks in Asio terms (awaitables, executors, completion
-// tokens); `modelpool::asio` is an alias for `boost::asio` so that signatures stay short and a later move to
-// standalone Asio touches only this file.
+// The one place that names Boost.Asio. modelpool's API speaks in Asio terms (awaitables, executors,
+// completion tokens); `modelpool::asio` is an alias for `boost::asio` so that signatures stay short and a
+// later move to standalone Asio touches only this file.
 #pragma once
 
 #include <boost/asio/any_completion_handler.hpp>

@@ -1,10 +1,10 @@
 // modelpool/clock.hpp
 //
-// An injectable monotonic clock. Every delay in the pool goes through a `Clock`: request deadlines, cooldowns,
-// retry backoff, the circuit breaker's open time. Production code uses `SteadyClock` (std::chrono::steady_clock
-// and Asio timers). Tests use `ManualClock`, which they step with `advance()` instead of sleeping, so timing
-// tests are exact and fast. Waits are ordinary Asio asynchronous operations: any completion token works, and
-// per-operation cancellation (timeouts, `||` of awaitables) is honoured.
+// An injectable monotonic clock. Every delay in the pool goes through a `Clock`: request deadlines,
+// cooldowns, retry backoff, the circuit breaker's open time. Production code uses `SteadyClock`
+// (std::chrono::steady_clock and Asio timers). Tests use `ManualClock`, which they step with `advance()`
+// instead of sleeping, so timing tests are exact and fast. Waits are ordinary Asio asynchronous operations:
+// any completion token works, and per-operation cancellation (timeouts, `||` of awaitables) is honoured.
 #pragma once
 
 #include "modelpool/asio.hpp"
@@ -37,9 +37,9 @@ inline std::error_code wait_aborted() noexcept {
 /// A monotonic clock with asynchronous waits, injected into the pool so that tests can step time.
 ///
 /// Implementations provide `now()` and `do_wait()`. Callers use `async_wait_until()` and `async_wait_for()`,
-/// which accept any Asio completion token and complete with `void(std::error_code)`: success when the deadline
-/// has been reached, `wait_aborted()` when the wait was cancelled through the cancellation slot associated
-/// with the handler. Completions are never invoked inside the initiating call.
+/// which accept any Asio completion token and complete with `void(std::error_code)`: success when the
+/// deadline has been reached, `wait_aborted()` when the wait was cancelled through the cancellation slot
+/// associated with the handler. Completions are never invoked inside the initiating call.
 ///
 /// @par Lifetime
 /// A clock must outlive every wait started on it (the pool owns its clock through `std::shared_ptr`).
@@ -51,7 +51,8 @@ class Clock {
 public:
     /// The clock's duration type (that of std::chrono::steady_clock).
     using duration = std::chrono::steady_clock::duration;
-    /// The clock's time point type (that of std::chrono::steady_clock, so values can be stored interchangeably).
+    /// The clock's time point type (that of std::chrono::steady_clock, so values can be stored
+    /// interchangeably).
     using time_point = std::chrono::steady_clock::time_point;
     /// The completion signature of waits.
     using wait_signature = void(std::error_code);
@@ -86,11 +87,12 @@ public:
             token, std::move(ex), deadline);
     }
 
-    /// Waits for `d` from now: `async_wait_until(ex, now() + d, token)`. `now()` is read at this call, not when a
-    /// deferred token starts the wait. The sum saturates: `duration::max()` waits until cancelled.
+    /// Waits for `d` from now: `async_wait_until(ex, now() + d, token)`. `now()` is read at this call, not
+    /// when a deferred token starts the wait. The sum saturates: `duration::max()` waits until cancelled.
     template <class CompletionToken>
     auto async_wait_for(asio::any_io_executor ex, duration d, CompletionToken&& token) {
-        return async_wait_until(std::move(ex), saturating_add(now(), d), std::forward<CompletionToken>(token));
+        return async_wait_until(std::move(ex), saturating_add(now(), d),
+                                std::forward<CompletionToken>(token));
     }
 
     /// `t + d`, clamped to [time_point::min(), time_point::max()] instead of overflowing.
@@ -106,22 +108,23 @@ public:
 
 protected:
     /// Starts a wait. Must complete `handler` exactly once: with success once `now() >= deadline`, or with
-    /// `wait_aborted()` when `handler`'s associated cancellation slot is emitted. The completion must never run
-    /// inside this call.
+    /// `wait_aborted()` when `handler`'s associated cancellation slot is emitted. The completion must never
+    /// run inside this call.
     ///
-    /// `ex` is where the completion belongs: the original handler's associated executor, or the executor given
-    /// to `async_wait_until` when the handler has none. Post the completion to `ex`, then `asio::dispatch` the
-    /// handler (see `complete()`). `get_associated_executor(handler)` cannot serve here: on an
-    /// `any_completion_handler` it yields an `any_completion_executor`, which Boost 1.81 cannot `post` to.
+    /// `ex` is where the completion belongs: the original handler's associated executor, or the executor
+    /// given to `async_wait_until` when the handler has none. Post the completion to `ex`, then
+    /// `asio::dispatch` the handler (see `complete()`). `get_associated_executor(handler)` cannot serve here:
+    /// on an `any_completion_handler` it yields an `any_completion_executor`, which Boost 1.81 cannot `post`
+    /// to.
     virtual void do_wait(asio::any_io_executor ex, time_point deadline, wait_handler handler) = 0;
 
     /// The executor a handler's completion belongs to, as an `any_io_executor`: the handler's associated
-    /// executor, or `fallback` when it has none. A handler whose executor is not an I/O executor (e.g. a handler
-    /// that is itself an `any_completion_handler`) also gets `fallback`. `complete()`'s dispatch then still
-    /// reaches the handler's own executor.
+    /// executor, or `fallback` when it has none. A handler whose executor is not an I/O executor (e.g. a
+    /// handler that is itself an `any_completion_handler`) also gets `fallback`. `complete()`'s dispatch then
+    /// still reaches the handler's own executor.
     template <class Handler>
     [[nodiscard]] static asio::any_io_executor completion_executor(const Handler& handler,
-                                                                  const asio::any_io_executor& fallback) {
+                                                                   const asio::any_io_executor& fallback) {
         if constexpr (std::is_convertible_v<asio::associated_executor_t<Handler, asio::any_io_executor>,
                                             asio::any_io_executor>) {
             return asio::get_associated_executor(handler, fallback);
@@ -130,9 +133,10 @@ protected:
         }
     }
 
-    /// Completes `handler` with `ec` without ever running it inline. The completion is posted to `ex`. There it
-    /// clears the handler's cancellation slot (on the executor, where Asio's rules serialise it with emit()) and
-    /// dispatches the handler to its own associated executor, which is normally `ex` itself, so it runs at once.
+    /// Completes `handler` with `ec` without ever running it inline. The completion is posted to `ex`. There
+    /// it clears the handler's cancellation slot (on the executor, where Asio's rules serialise it with
+    /// emit()) and dispatches the handler to its own associated executor, which is normally `ex` itself, so
+    /// it runs at once.
     static void complete(const asio::any_io_executor& ex, wait_handler handler, std::error_code ec) {
         asio::post(ex, [handler = std::move(handler), ec]() mutable {
             handler.get_cancellation_slot().clear();
@@ -152,8 +156,9 @@ public:
 
 protected:
     /// One steady_timer per wait, owned by its own completion handler (`asio::consign`). The timer therefore
-    /// lives exactly as long as the wait, and the clock holds no state. The handler's cancellation slot reaches
-    /// the timer's own cancellation through `any_completion_handler`, which forwards it in Boost 1.81.
+    /// lives exactly as long as the wait, and the clock holds no state. The handler's cancellation slot
+    /// reaches the timer's own cancellation through `any_completion_handler`, which forwards it in
+    /// Boost 1.81.
     void do_wait(asio::any_io_executor ex, time_point deadline, wait_handler handler) override {
         auto timer = std::make_shared<asio::steady_timer>(std::move(ex), deadline);
         asio::steady_timer& waiting = *timer;
@@ -194,21 +199,21 @@ struct ManualClockState {
 /// A clock for tests: time stands still until the test moves it with `advance()` or `advance_to()`.
 ///
 /// It starts at `default_start` (one hour after the steady_clock epoch), not at the epoch. Code that treats
-/// `time_point{}` as "never", or subtracts a cooldown from now(), is then visibly wrong instead of accidentally
-/// right. A wait whose deadline has been reached completes with success, posted to its executor: at once when
-/// registered, otherwise during the `advance()` that reaches it. Due waits complete in deadline order, ties in
-/// registration order. Cancellation through the handler's slot removes the wait and completes it with
-/// `wait_aborted()` (posted).
+/// `time_point{}` as "never", or subtracts a cooldown from now(), is then visibly wrong instead of
+/// accidentally right. A wait whose deadline has been reached completes with success, posted to its executor:
+/// at once when registered, otherwise during the `advance()` that reaches it. Due waits complete in deadline
+/// order, ties in registration order. Cancellation through the handler's slot removes the wait and completes
+/// it with `wait_aborted()` (posted).
 ///
 /// A pending wait counts as outstanding work on its executor, like a real timer: `io_context::run()` does not
-/// return while one is pending. Tests drive the context with `poll()` after each step (`restart()` first if the
-/// context ran out of work before).
+/// return while one is pending. Tests drive the context with `poll()` after each step (`restart()` first if
+/// the context ran out of work before).
 ///
 /// @par Lifetime
 /// The clock must outlive the waits started on it, and the execution contexts of pending waits must outlive
 /// the clock. Destroying the clock with waits still pending destroys their handlers without invoking them: a
-/// coroutine suspended on such a wait is destroyed, not resumed. Posting completions from the destructor is not
-/// done, because the executors' contexts might already be gone.
+/// coroutine suspended on such a wait is destroyed, not resumed. Posting completions from the destructor is
+/// not done, because the executors' contexts might already be gone.
 ///
 /// @par Thread Safety
 /// All member functions may be called concurrently from any thread. One mutex guards the waits. It is never

@@ -1,9 +1,9 @@
 // modelpool/error.hpp
 //
-// The one error type of modelpool. Every failure a caller can see is a `PoolError`: a code that programs branch
-// on, and a message for people that names what was wrong, the registry key and the numbers involved. Codes
-// interoperate with `std::error_code` through `modelpool::pool_category()`, and `PoolError` is formattable with
-// fmt ("overloaded: queue of 'bert' is full (64 of 64 requests)").
+// The one error type of modelpool. Every failure a caller can see is a `PoolError`: a code that programs
+// branch on, and a message for people that names what was wrong, the registry key and the numbers involved.
+// Codes interoperate with `std::error_code` through `modelpool::pool_category()`, and `PoolError` is
+// formattable with fmt ("overloaded: queue of 'bert' is full (64 of 64 requests)").
 #pragma once
 
 #include "modelpool/expected.hpp"
@@ -35,17 +35,28 @@ enum class errc : int {
 /// The name of a code, e.g. "overloaded"; "unknown" for values outside the enum.
 constexpr std::string_view to_string(errc code) noexcept {
     switch (code) {
-    case errc::ok: return "ok";
-    case errc::invalid_argument: return "invalid_argument";
-    case errc::no_workers: return "no_workers";
-    case errc::overloaded: return "overloaded";
-    case errc::timeout: return "timeout";
-    case errc::cancelled: return "cancelled";
-    case errc::model_error: return "model_error";
-    case errc::spawn_failed: return "spawn_failed";
-    case errc::memory_exhausted: return "memory_exhausted";
-    case errc::circuit_open: return "circuit_open";
-    case errc::shutting_down: return "shutting_down";
+    case errc::ok:
+        return "ok";
+    case errc::invalid_argument:
+        return "invalid_argument";
+    case errc::no_workers:
+        return "no_workers";
+    case errc::overloaded:
+        return "overloaded";
+    case errc::timeout:
+        return "timeout";
+    case errc::cancelled:
+        return "cancelled";
+    case errc::model_error:
+        return "model_error";
+    case errc::spawn_failed:
+        return "spawn_failed";
+    case errc::memory_exhausted:
+        return "memory_exhausted";
+    case errc::circuit_open:
+        return "circuit_open";
+    case errc::shutting_down:
+        return "shutting_down";
     }
     return "unknown";
 }
@@ -54,7 +65,9 @@ constexpr std::string_view to_string(errc code) noexcept {
 inline const std::error_category& pool_category() noexcept {
     struct category final : std::error_category {
         const char* name() const noexcept override { return "modelpool"; }
-        std::string message(int value) const override { return std::string(to_string(static_cast<errc>(value))); }
+        std::string message(int value) const override {
+            return std::string(to_string(static_cast<errc>(value)));
+        }
     };
     static const category instance;
     return instance;
@@ -114,28 +127,22 @@ unexpected<PoolError> fail(errc code, fmt::format_string<Args...> format, Args&&
 }
 
 /// The result type of every fallible modelpool operation.
-template <class T>
-using result = expected<T, PoolError>;
+template <class T> using result = expected<T, PoolError>;
 
 } // namespace modelpool
 
-template <>
-struct std::is_error_code_enum<modelpool::errc> : std::true_type {};
+template <> struct std::is_error_code_enum<modelpool::errc> : std::true_type {};
 
 /// Formats a `PoolError` as "code: message".
-template <>
-struct fmt::formatter<modelpool::PoolError> : fmt::formatter<std::string_view> {
-    template <class FormatContext>
-    auto format(const modelpool::PoolError& error, FormatContext& ctx) const {
+template <> struct fmt::formatter<modelpool::PoolError> : fmt::formatter<std::string_view> {
+    template <class FormatContext> auto format(const modelpool::PoolError& error, FormatContext& ctx) const {
         return fmt::formatter<std::string_view>::format(error.to_string(), ctx);
     }
 };
 
 /// Formats an `errc` as its name.
-template <>
-struct fmt::formatter<modelpool::errc> : fmt::formatter<std::string_view> {
-    template <class FormatContext>
-    auto format(modelpool::errc code, FormatContext& ctx) const {
+template <> struct fmt::formatter<modelpool::errc> : fmt::formatter<std::string_view> {
+    template <class FormatContext> auto format(modelpool::errc code, FormatContext& ctx) const {
         return fmt::formatter<std::string_view>::format(modelpool::to_string(code), ctx);
     }
 };

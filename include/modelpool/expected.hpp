@@ -21,20 +21,16 @@ namespace modelpool {
 
 #if MODELPOOL_STD_EXPECTED
 /// The result of an operation that can fail: a `T` or an error `E` (std::expected on C++23).
-template <class T, class E>
-using expected = std::expected<T, E>;
+template <class T, class E> using expected = std::expected<T, E>;
 
 /// Wraps an error for construction of an `expected` (std::unexpected on C++23).
-template <class E>
-using unexpected = std::unexpected<E>;
+template <class E> using unexpected = std::unexpected<E>;
 #else
 /// The result of an operation that can fail: a `T` or an error `E` (tl::expected under C++20).
-template <class T, class E>
-using expected = tl::expected<T, E>;
+template <class T, class E> using expected = tl::expected<T, E>;
 
 /// Wraps an error for construction of an `expected` (tl::unexpected under C++20).
-template <class E>
-using unexpected = tl::unexpected<E>;
+template <class E> using unexpected = tl::unexpected<E>;
 #endif
 
 } // namespace modelpool

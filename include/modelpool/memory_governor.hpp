@@ -1,12 +1,12 @@
 // modelpool/memory_governor.hpp
 //
-// The pool's memory budget, in MB, shaped like Seastar's semaphore_units. A worker holds an `AllocationGuard` for
-// the memory its model needs. The guard refers to the one `MemoryGovernor` that issued it. It never holds a copy
-// of the counters, which was the Rust pool's bug: there, releases decremented a clone and the budget only grew.
-// The guard gives its megabytes back exactly once, when released or destroyed. A request that does not fit
-// either fails at once (`try_allocate`) or waits in FIFO order until releases make room (`async_allocate`).
-// All arithmetic is checked, so no request size can wrap the counters. There are no fake features: no huge
-// pages, chunk pools or NUMA guesses.
+// The pool's memory budget, in MB, shaped like Seastar's semaphore_units. A worker holds an `AllocationGuard`
+// for the memory its model needs. The guard refers to the one `MemoryGovernor` that issued it. It never holds
+// a copy of the counters, which was the Rust pool's bug: there, releases decremented a clone and the budget
+// only grew. The guard gives its megabytes back exactly once, when released or destroyed. A request that does
+// not fit either fails at once (`try_allocate`) or waits in FIFO order until releases make room
+// (`async_allocate`). All arithmetic is checked, so no request size can wrap the counters. There are no fake
+// features: no huge pages, chunk pools or NUMA guesses.
 #pragma once
 
 #include "modelpool/asio.hpp"
@@ -52,12 +52,12 @@ struct MemoryStats {
 /// A move-only reservation of `size_mb()` MB under `key()` from one `MemoryGovernor`. RAII: it is released
 /// exactly once, by `release()` or by the destructor, whichever comes first.
 ///
-/// A default-constructed or moved-from guard is empty: it holds nothing, `bool(guard)` is false and releasing it
-/// does nothing.
+/// A default-constructed or moved-from guard is empty: it holds nothing, `bool(guard)` is false and releasing
+/// it does nothing.
 ///
 /// @par Lifetime
-/// The guard keeps its governor alive through a `std::shared_ptr` to that same governor. A guard may therefore
-/// outlive the pool that created it, and releasing it late is always safe.
+/// The guard keeps its governor alive through a `std::shared_ptr` to that same governor. A guard may
+/// therefore outlive the pool that created it, and releasing it late is always safe.
 ///
 /// @par Thread Safety
 /// Distinct guards may be used and released concurrently from any threads. One guard object is not
@@ -69,7 +69,8 @@ public:
 
     /// Takes over `other`'s reservation; `other` becomes empty.
     AllocationGuard(AllocationGuard&& other) noexcept
-        : governor_(std::move(other.governor_)), mb_(std::exchange(other.mb_, 0)), key_(std::move(other.key_)) {
+        : governor_(std::move(other.governor_)), mb_(std::exchange(other.mb_, 0)),
+          key_(std::move(other.key_)) {
         other.key_.clear();
     }
 
@@ -105,12 +106,12 @@ public:
     /// True while the guard holds a reservation.
     explicit operator bool() const noexcept { return governor_ != nullptr; }
 
-    /// Returns the memory to the governor and wakes the queued `async_allocate` requests that now fit, in FIFO
-    /// order. Idempotent: afterwards the guard is empty and further calls do nothing.
+    /// Returns the memory to the governor and wakes the queued `async_allocate` requests that now fit, in
+    /// FIFO order. Idempotent: afterwards the guard is empty and further calls do nothing.
     ///
     /// The waiters' completions are posted to their executors, never run inline. If the process runs out of
-    /// memory while posting them, std::terminate is called (this function is noexcept because destructors call
-    /// it).
+    /// memory while posting them, std::terminate is called (this function is noexcept because destructors
+    /// call it).
     void release() noexcept;
 
 private:
@@ -126,17 +127,17 @@ private:
 
 /// The memory budget shared by every worker of a pool (or of several pools), in MB.
 ///
-/// Reservations are `AllocationGuard`s. `try_allocate` answers at once. `async_allocate` waits in a FIFO queue
-/// until releases make room, so a large request is never overtaken by a later, smaller one. While any request
-/// is queued, `try_allocate` refuses as well, for the same reason.
+/// Reservations are `AllocationGuard`s. `try_allocate` answers at once. `async_allocate` waits in a FIFO
+/// queue until releases make room, so a large request is never overtaken by a later, smaller one. While any
+/// request is queued, `try_allocate` refuses as well, for the same reason.
 ///
 /// @par Lifetime
 /// Created only by `create()` and always owned by `std::shared_ptr`: guards and pending `async_allocate`
 /// initiations keep it alive. Queued waiters do not keep it alive. If the governor is destroyed with waiters
 /// still queued, their handlers are destroyed without being invoked. A coroutine waiting on one is then
 /// destroyed, not resumed. Call `close()` (or `fail_waiters()`) at shutdown, while the waiters' execution
-/// contexts still exist, so that every waiter gets a completion. A waiter's completion that holds a guard from
-/// this governor keeps it alive until that waiter is completed or failed.
+/// contexts still exist, so that every waiter gets a completion. A waiter's completion that holds a guard
+/// from this governor keeps it alive until that waiter is completed or failed.
 ///
 /// @par Thread Safety
 /// All member functions may be called concurrently from any thread. One `std::mutex` guards the bookkeeping.
@@ -152,17 +153,19 @@ public:
 
     /// Creates a governor with a budget of `limit_mb` MB.
     ///
-    /// The value is taken as given: the Pool validates its options before creating a governor. A limit of 0 is
-    /// legal and means that nothing fits (every request fails with `errc::memory_exhausted`).
-    /// Throws only std::bad_alloc.
+    /// The value is taken as given: the Pool validates its options before creating a governor. A limit of 0
+    /// is legal and means that nothing fits (every request fails with `errc::memory_exhausted`). Throws only
+    /// std::bad_alloc.
     static std::shared_ptr<MemoryGovernor> create(std::size_t limit_mb) {
         return std::make_shared<MemoryGovernor>(private_tag{}, limit_mb);
     }
 
-    /// Use `create()`; the tag makes this constructor callable only through it (it is public for make_shared).
+    /// Use `create()`; the tag makes this constructor callable only through it (it is public for
+    /// make_shared).
     MemoryGovernor(private_tag, std::size_t limit_mb) noexcept : limit_mb_(limit_mb) {}
 
-    // Copies would have their own counters, and guards would release into the wrong one (the Rust pool's bug).
+    // Copies would have their own counters, and guards would release into the wrong one (the Rust pool's
+    // bug).
     MemoryGovernor(const MemoryGovernor&) = delete;
     MemoryGovernor& operator=(const MemoryGovernor&) = delete;
 
@@ -173,20 +176,20 @@ public:
     ///
     /// Fails with:
     /// - `errc::invalid_argument` if `mb` is 0;
-    /// - `errc::memory_exhausted` if `mb` exceeds the memory available, the whole limit, or if `async_allocate`
+    /// - `errc::memory_exhausted` if `mb` exceeds the memory available, the whole limit, or if
+    /// `async_allocate`
     ///   requests are queued (they come first). The message names the key, the request, the allocated MB and
     ///   the limit, e.g. "cannot reserve 1024 MB for 'bert': 3584 of 4096 MB allocated, 512 available".
     ///
-    /// Any `mb`, up to SIZE_MAX, is safe: the check cannot overflow. After `close()` this still works: closing
-    /// only refuses new waiters.
-    /// Throws only std::bad_alloc (copying the key).
+    /// Any `mb`, up to SIZE_MAX, is safe: the check cannot overflow. After `close()` this still works:
+    /// closing only refuses new waiters. Throws only std::bad_alloc (copying the key).
     ///
     /// @par Thread Safety
     /// Safe to call concurrently with every other member function and with guard releases.
     [[nodiscard]] result<AllocationGuard> try_allocate(std::size_t mb, std::string_view key = {}) {
         if (mb == 0) {
-            return fail(errc::invalid_argument, "cannot reserve 0 MB for '{}': a reservation needs at least 1 MB",
-                        key);
+            return fail(errc::invalid_argument,
+                        "cannot reserve 0 MB for '{}': a reservation needs at least 1 MB", key);
         }
         std::string owned_key(key); // allocated before taking the lock
         std::lock_guard lock(mutex_);
@@ -200,18 +203,20 @@ public:
     /// Reserves `mb` MB under `key`, waiting in FIFO order for releases to make room.
     ///
     /// Completion signature `void(result<AllocationGuard>)`. The completion is always posted to the handler's
-    /// associated executor, or to `executor` when the handler has none. It never runs inside this call and never
-    /// under the governor's lock. While the request waits, it counts as outstanding work on that executor, like a
-    /// timer: `io_context::run()` does not return while it is queued. A handler whose associated executor is not
-    /// an I/O executor (e.g. an `any_completion_handler`, whose executor is an `any_completion_executor`) is
-    /// posted to `executor` and dispatched from there to its own executor.
+    /// associated executor, or to `executor` when the handler has none. It never runs inside this call and
+    /// never under the governor's lock. While the request waits, it counts as outstanding work on that
+    /// executor, like a timer: `io_context::run()` does not return while it is queued. A handler whose
+    /// associated executor is not an I/O executor (e.g. an `any_completion_handler`, whose executor is an
+    /// `any_completion_executor`) is posted to `executor` and dispatched from there to its own executor.
     ///
     /// Completes with:
-    /// - a guard, at once if the memory fits and nobody is queued, otherwise when releases make room. A queued
+    /// - a guard, at once if the memory fits and nobody is queued, otherwise when releases make room. A
+    /// queued
     ///   request is never overtaken by a later one, however small;
     /// - `errc::invalid_argument` at once if `mb` is 0;
     /// - `errc::memory_exhausted` at once if `mb` exceeds the whole limit (it could never fit);
-    /// - `errc::cancelled` when the per-operation cancellation slot associated with the handler is emitted while
+    /// - `errc::cancelled` when the per-operation cancellation slot associated with the handler is emitted
+    /// while
     ///   the request is queued (any cancellation type: a queued request has had no side effect). This is how
     ///   callers apply timeouts;
     /// - the error given to `fail_waiters()` or `close()`; after `close()`, at once with its reason.
@@ -223,13 +228,15 @@ public:
     /// Safe to call from any thread. As everywhere in Asio, emit the cancellation signal from the handler's
     /// executor (or a strand serialising with it), not concurrently with the completion.
     template <class CompletionToken>
-    auto async_allocate(asio::any_io_executor executor, std::size_t mb, std::string key, CompletionToken&& token) {
+    auto async_allocate(asio::any_io_executor executor, std::size_t mb, std::string key,
+                        CompletionToken&& token) {
         return asio::async_initiate<CompletionToken, allocate_signature>(
             [](auto handler, std::shared_ptr<MemoryGovernor> self, asio::any_io_executor fallback,
                std::size_t size, std::string name) {
                 // Resolved here, where the handler's type is still known (see completion_executor).
                 asio::any_io_executor target = completion_executor(handler, fallback);
-                self->start_waiter(std::move(target), handler_type(std::move(handler)), size, std::move(name));
+                self->start_waiter(std::move(target), handler_type(std::move(handler)), size,
+                                   std::move(name));
             },
             token, shared_from_this(), std::move(executor), mb, std::move(key));
     }
@@ -248,11 +255,13 @@ public:
         complete_all(ready);
     }
 
-    /// Shuts the queue: fails every queued request with `reason`, as `fail_waiters()` does, and makes every later
-    /// `async_allocate` complete at once with `reason`. Idempotent; a second call only updates the reason.
+    /// Shuts the queue: fails every queued request with `reason`, as `fail_waiters()` does, and makes every
+    /// later `async_allocate` complete at once with `reason`. Idempotent; a second call only updates the
+    /// reason.
     ///
-    /// `try_allocate` and guard releases keep working after `close()`. Workers still running during the pool's
-    /// shutdown release their memory normally. The pool refuses new work itself, before it asks the governor.
+    /// `try_allocate` and guard releases keep working after `close()`. Workers still running during the
+    /// pool's shutdown release their memory normally. The pool refuses new work itself, before it asks the
+    /// governor.
     ///
     /// @par Thread Safety
     /// Safe to call from any thread, at any time.
@@ -341,7 +350,8 @@ private:
         result<AllocationGuard> outcome;
     };
 
-    // Why `mb` cannot be reserved now; nullopt when it fits. `respect_queue`: refuse while requests are queued.
+    // Why `mb` cannot be reserved now; nullopt when it fits. `respect_queue`: refuse while requests are
+    // queued.
     std::optional<PoolError> refusal_locked(std::size_t mb, std::string_view key, bool respect_queue) const {
         const std::size_t available = limit_mb_ - allocated_mb_; // allocated <= limit is an invariant
         if (mb > limit_mb_) {
@@ -351,21 +361,22 @@ private:
                                          mb, key, limit_mb_, allocated_mb_, limit_mb_));
         }
         if (respect_queue && !waiters_.empty()) {
-            return PoolError(errc::memory_exhausted,
-                             fmt::format("cannot reserve {} MB for '{}': {} of {} MB allocated, {} available, and "
-                                         "{} earlier request(s) are waiting for memory",
-                                         mb, key, allocated_mb_, limit_mb_, available, waiters_.size()));
+            return PoolError(
+                errc::memory_exhausted,
+                fmt::format("cannot reserve {} MB for '{}': {} of {} MB allocated, {} available, and "
+                            "{} earlier request(s) are waiting for memory",
+                            mb, key, allocated_mb_, limit_mb_, available, waiters_.size()));
         }
         if (mb > available) { // never `allocated + mb > limit`: that sum can wrap
             return PoolError(errc::memory_exhausted,
-                             fmt::format("cannot reserve {} MB for '{}': {} of {} MB allocated, {} available", mb,
-                                         key, allocated_mb_, limit_mb_, available));
+                             fmt::format("cannot reserve {} MB for '{}': {} of {} MB allocated, {} available",
+                                         mb, key, allocated_mb_, limit_mb_, available));
         }
         return std::nullopt;
     }
 
-    // Books `mb` MB under `key`; the caller checked that it fits. Strong guarantee: the map insertion, the only
-    // step that can throw, happens before any counter changes.
+    // Books `mb` MB under `key`; the caller checked that it fits. Strong guarantee: the map insertion, the
+    // only step that can throw, happens before any counter changes.
     void commit_locked(std::string_view key, std::size_t mb) {
         auto entry = per_key_mb_.find(key);
         if (entry == per_key_mb_.end()) {
@@ -411,7 +422,8 @@ private:
             auto node = waiters_.extract(front);
             Waiter& waiter = node.mapped();
             AllocationGuard guard(shared_from_this(), waiter.mb, std::move(waiter.key));
-            ready.push_back(Completion{std::move(waiter.executor), std::move(waiter.handler), std::move(guard)});
+            ready.push_back(
+                Completion{std::move(waiter.executor), std::move(waiter.handler), std::move(guard)});
         }
     }
 
@@ -435,9 +447,9 @@ private:
             if (closed_) {
                 refusal = *closed_;
             } else if (mb == 0) {
-                refusal = PoolError(errc::invalid_argument,
-                                    fmt::format("cannot reserve 0 MB for '{}': a reservation needs at least 1 MB",
-                                                key));
+                refusal = PoolError(
+                    errc::invalid_argument,
+                    fmt::format("cannot reserve 0 MB for '{}': a reservation needs at least 1 MB", key));
             } else if (mb > limit_mb_) {
                 refusal = refusal_locked(mb, key, /*respect_queue=*/false);
             }
@@ -451,8 +463,8 @@ private:
             } else {
                 const std::uint64_t id = next_waiter_id_++;
                 // Installed before the request is visible to releases, so that a completion (which clears the
-                // slot) can never precede the assignment. The handler holds a weak_ptr and looks the waiter up
-                // by id, so a late or repeated emit after completion is harmless.
+                // slot) can never precede the assignment. The handler holds a weak_ptr and looks the waiter
+                // up by id, so a late or repeated emit after completion is harmless.
                 if (auto slot = handler.get_cancellation_slot(); slot.is_connected()) {
                     slot.assign([weak = weak_from_this(), id](asio::cancellation_type type) {
                         if (type != asio::cancellation_type::none) {
@@ -479,20 +491,23 @@ private:
             ready.reserve(waiters_.size());
             auto node = waiters_.extract(found);
             Waiter& waiter = node.mapped();
-            auto error = fail(errc::cancelled,
-                              "reservation of {} MB for '{}' was cancelled while waiting ({} of {} MB allocated)",
-                              waiter.mb, waiter.key, allocated_mb_, limit_mb_);
-            ready.push_back(Completion{std::move(waiter.executor), std::move(waiter.handler), std::move(error)});
+            auto error =
+                fail(errc::cancelled,
+                     "reservation of {} MB for '{}' was cancelled while waiting ({} of {} MB allocated)",
+                     waiter.mb, waiter.key, allocated_mb_, limit_mb_);
+            ready.push_back(
+                Completion{std::move(waiter.executor), std::move(waiter.handler), std::move(error)});
             wake_locked(ready); // the requests behind a cancelled first waiter may fit now
         }
         complete_all(ready);
     }
 
     // The handler's associated executor as an any_io_executor, or `fallback`. Type-erased handlers report an
-    // any_completion_executor, which Boost 1.81 cannot post to (it lacks blocking.never); they get `fallback`,
-    // and complete_all's dispatch still reaches their own executor.
+    // any_completion_executor, which Boost 1.81 cannot post to (it lacks blocking.never); they get
+    // `fallback`, and complete_all's dispatch still reaches their own executor.
     template <class Handler>
-    static asio::any_io_executor completion_executor(const Handler& handler, const asio::any_io_executor& fallback) {
+    static asio::any_io_executor completion_executor(const Handler& handler,
+                                                     const asio::any_io_executor& fallback) {
         if constexpr (std::is_convertible_v<asio::associated_executor_t<Handler, asio::any_io_executor>,
                                             asio::any_io_executor>) {
             return asio::get_associated_executor(handler, fallback);
@@ -501,16 +516,16 @@ private:
         }
     }
 
-    // Posts each completion to its executor, outside the lock. There, the cancellation slot is cleared (on the
-    // executor, where Asio's rules serialise it with emit()). Then the handler is dispatched to its own
+    // Posts each completion to its executor, outside the lock. There, the cancellation slot is cleared (on
+    // the executor, where Asio's rules serialise it with emit()). Then the handler is dispatched to its own
     // associated executor, which is normally that same executor, so it runs at once.
     static void complete_all(std::vector<Completion>& ready) {
         for (Completion& completion : ready) {
-            asio::post(completion.executor,
-                       [handler = std::move(completion.handler), outcome = std::move(completion.outcome)]() mutable {
-                           handler.get_cancellation_slot().clear();
-                           asio::dispatch(asio::append(std::move(handler), std::move(outcome)));
-                       });
+            asio::post(completion.executor, [handler = std::move(completion.handler),
+                                             outcome = std::move(completion.outcome)]() mutable {
+                handler.get_cancellation_slot().clear();
+                asio::dispatch(asio::append(std::move(handler), std::move(outcome)));
+            });
         }
     }
 
@@ -562,11 +577,12 @@ inline std::size_t system_memory_mb() noexcept {
 }
 
 /// The default budget: 80 % of `system_memory_mb()`, at least 1 MB (also when the RAM size is unknown).
-/// The limit is a plain fraction of RAM, with no reserved offset to subtract, so small machines cannot underflow
-/// it (the Rust pool's `limit - reserved` did).
+/// The limit is a plain fraction of RAM, with no reserved offset to subtract, so small machines cannot
+/// underflow it (the Rust pool's `limit - reserved` did).
 inline std::size_t default_memory_limit_mb() noexcept {
     const std::size_t total = system_memory_mb();
-    const std::size_t eighty_percent = total / 10 * 8 + total % 10 * 8 / 10; // total * 8 / 10 without overflow
+    const std::size_t eighty_percent =
+        total / 10 * 8 + total % 10 * 8 / 10; // total * 8 / 10 without overflow
     return std::max<std::size_t>(1, eighty_percent);
 }
 

@@ -1,8 +1,8 @@
 // modelpool/metrics.hpp
 //
-// Counters a pool keeps at its real call sites (not in a helper nobody calls, as in the Rust pool): requests and
-// their outcomes by error code, workers spawned, loaded, failed and stopped, loader calls. Cheap relaxed atomics;
-// `snapshot()` copies them into a plain struct for programs and tests.
+// Counters a pool keeps at its real call sites (not in a helper nobody calls, as in the Rust pool): requests
+// and their outcomes by error code, workers spawned, loaded, failed and stopped, loader calls. Cheap relaxed
+// atomics; `snapshot()` copies them into a plain struct for programs and tests.
 #pragma once
 
 #include "modelpool/error.hpp"
@@ -15,17 +15,19 @@ namespace modelpool {
 
 /// A copy of a pool's counters at one moment.
 struct MetricsSnapshot {
-    std::uint64_t requests = 0;        ///< Requests accepted or refused by the pool's operations.
-    std::uint64_t succeeded = 0;       ///< Requests that ended with a result (streams: ended cleanly).
+    std::uint64_t requests = 0;             ///< Requests accepted or refused by the pool's operations.
+    std::uint64_t succeeded = 0;            ///< Requests that ended with a result (streams: ended cleanly).
     std::array<std::uint64_t, 11> errors{}; ///< Requests that ended with an error, by `errc` value.
-    std::uint64_t workers_spawned = 0; ///< Workers accepted by spawn functions.
-    std::uint64_t workers_loaded = 0;  ///< Workers whose loader succeeded.
-    std::uint64_t workers_failed = 0;  ///< Workers whose loader failed or threw.
-    std::uint64_t workers_stopped = 0; ///< Loaded workers that ended (evicted or shut down).
-    std::uint64_t loader_calls = 0;    ///< Loader invocations.
+    std::uint64_t workers_spawned = 0;      ///< Workers accepted by spawn functions.
+    std::uint64_t workers_loaded = 0;       ///< Workers whose loader succeeded.
+    std::uint64_t workers_failed = 0;       ///< Workers whose loader failed or threw.
+    std::uint64_t workers_stopped = 0;      ///< Loaded workers that ended (evicted or shut down).
+    std::uint64_t loader_calls = 0;         ///< Loader invocations.
 
     /// Requests that ended with `code`.
-    [[nodiscard]] std::uint64_t errors_with(errc code) const { return errors[static_cast<std::size_t>(code)]; }
+    [[nodiscard]] std::uint64_t errors_with(errc code) const {
+        return errors[static_cast<std::size_t>(code)];
+    }
     /// Requests that ended with any error.
     [[nodiscard]] std::uint64_t error_total() const {
         std::uint64_t sum = 0;

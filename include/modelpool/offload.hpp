@@ -4,9 +4,11 @@
 // CPU-heavy model call) must never run on an io_context thread; `offload` runs it on a blocking executor (the
 // pool's `blocking_executor()`) and completes the caller, in any completion-token style, when it returns:
 //
-//     auto weights = co_await modelpool::offload(pool.blocking_executor(), [&] { return read_legacy(path); });
+//     auto weights = co_await modelpool::offload(pool.blocking_executor(), [&] { return read_legacy(path);
+//     });
 //
-// This replaces the Rust pool's `block_in_place` + `block_on`, which parked a runtime thread for the whole load.
+// This replaces the Rust pool's `block_in_place` + `block_on`, which parked a runtime thread for the whole
+// load.
 #pragma once
 
 #include "modelpool/asio.hpp"
@@ -24,24 +26,13 @@ namespace modelpool {
 
 namespace detail {
 
-template <class T>
-inline constexpr bool is_pool_result_v = false;
-template <class T>
-inline constexpr bool is_pool_result_v<expected<T, PoolError>> = true;
+template <class T> inline constexpr bool is_pool_result_v = false;
+template <class T> inline constexpr bool is_pool_result_v<expected<T, PoolError>> = true;
 
 /// The completion signature `offload` uses for a callable returning `R`.
-template <class R>
-struct offload_signature {
-    using type = void(std::exception_ptr, R);
-};
-template <>
-struct offload_signature<void> {
-    using type = void(std::exception_ptr);
-};
-template <class T>
-struct offload_signature<expected<T, PoolError>> {
-    using type = void(result<T>);
-};
+template <class R> struct offload_signature { using type = void(std::exception_ptr, R); };
+template <> struct offload_signature<void> { using type = void(std::exception_ptr); };
+template <class T> struct offload_signature<expected<T, PoolError>> { using type = void(result<T>); };
 
 /// Describes the exception in flight for an error message.
 inline std::string describe_current_exception() {
@@ -98,8 +89,8 @@ void run_and_complete(Handler handler, const Executor& executor, Fn& fn) {
 /// With `use_awaitable`, exceptions are rethrown in the awaiting coroutine.
 ///
 /// The completion runs on the token's associated executor (for a coroutine, its own executor), so the caller
-/// resumes on its io_context thread, not on the blocking thread. `fn` is moved to the blocking thread; anything
-/// it captures by reference must outlive the operation (true when the caller co_awaits it at once).
+/// resumes on its io_context thread, not on the blocking thread. `fn` is moved to the blocking thread;
+/// anything it captures by reference must outlive the operation (true when the caller co_awaits it at once).
 ///
 /// Not cancellable: a blocking call cannot be interrupted safely; cancel inside `fn` cooperatively if needed.
 template <class BlockingExecutor, class Fn, class CompletionToken = asio::use_awaitable_t<>>
@@ -109,9 +100,10 @@ auto offload(const BlockingExecutor& blocking, Fn fn, CompletionToken&& token = 
     return asio::async_initiate<CompletionToken, typename detail::offload_signature<R>::type>(
         [](auto handler, const BlockingExecutor& blocking, Fn fn) {
             auto work = asio::make_work_guard(asio::get_associated_executor(handler, blocking));
-            asio::post(blocking, [handler = std::move(handler), fn = std::move(fn), work = std::move(work)]() mutable {
-                detail::run_and_complete<R>(std::move(handler), work.get_executor(), fn);
-            });
+            asio::post(blocking,
+                       [handler = std::move(handler), fn = std::move(fn), work = std::move(work)]() mutable {
+                           detail::run_and_complete<R>(std::move(handler), work.get_executor(), fn);
+                       });
         },
         token, blocking, std::move(fn));
 }

@@ -4,8 +4,8 @@
 //
 //     modelpool::Pool pool({.io_threads = 2, .memory_limit_mb = 8192, .queue_capacity = 256});
 //
-// Every field has a sensible default; `validate()` reports a bad combination as a `PoolError` naming the field
-// and the values, before anything starts.
+// Every field has a sensible default; `validate()` reports a bad combination as a `PoolError` naming the
+// field and the values, before anything starts.
 #pragma once
 
 #include "modelpool/error.hpp"
@@ -58,7 +58,8 @@ struct PoolOptions {
             return fail(errc::invalid_argument, "io_threads must be between 1 and 1024 (got {})", io_threads);
         }
         if (blocking_threads > 4096) {
-            return fail(errc::invalid_argument, "blocking_threads must be at most 4096 (got {})", blocking_threads);
+            return fail(errc::invalid_argument, "blocking_threads must be at most 4096 (got {})",
+                        blocking_threads);
         }
         if (queue_capacity == 0) {
             return fail(errc::invalid_argument, "queue_capacity must be at least 1 (got 0)");

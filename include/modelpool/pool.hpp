@@ -64,12 +64,11 @@ namespace detail {
 struct deduce_model {};
 
 /// The model type a spawn function uses: `T` if given, else what the loader's `result<T>` holds.
-template <class T, class F>
-struct resolve_model {
-    using type = T;
-};
+template <class T, class F> struct resolve_model { using type = T; };
 template <class F>
-    requires requires { typename loader_result_t<F>::value_type; }
+    requires requires {
+        typename loader_result_t<F>::value_type;
+    }
 struct resolve_model<deduce_model, F> {
     using type = typename loader_result_t<F>::value_type;
 };
@@ -83,13 +82,12 @@ struct key_hash {
 } // namespace detail
 
 /// The model type a spawn function serves: `T`, or deduced from the loader when `T` is left out.
-template <class T, class F>
-using resolved_model_t = typename detail::resolve_model<T, F>::type;
+template <class T, class F> using resolved_model_t = typename detail::resolve_model<T, F>::type;
 
 /// A loader for model type `T`: callable with no arguments, returning `asio::awaitable<result<T>>`.
 template <class F, class T>
 concept model_loader = std::move_constructible<F> && std::invocable<F&> &&
-                       std::same_as<std::invoke_result_t<F&>, asio::awaitable<result<T>>>;
+    std::same_as<std::invoke_result_t<F&>, asio::awaitable<result<T>>>;
 
 /// See the file comment.
 ///
@@ -98,7 +96,8 @@ concept model_loader = std::move_constructible<F> && std::invocable<F&> &&
 ///
 /// @par Lifetime
 /// Streams, pending operations and callbacks must not outlive the pool; `AllocationGuard`s may (they keep the
-/// governor alive). Destroying the pool stops it (see `stop()`); do not destroy it from one of its own threads.
+/// governor alive). Destroying the pool stops it (see `stop()`); do not destroy it from one of its own
+/// threads.
 class Pool {
 public:
     /// The executor of the pool's io_context.
@@ -122,88 +121,95 @@ public:
     /// Stops the pool (see `stop()`).
     ~Pool() { stop(); }
 
-    // ---- spawning --------------------------------------------------------------------------------------------
+    // ---- spawning
+    // --------------------------------------------------------------------------------------------
 
     /// Spawns a text_embedding worker under `registry_key`. See `spawn_worker` for the contract.
     template <class T = detail::deduce_model, class F>
         requires model_loader<F, resolved_model_t<T, F>> && TextEmbeddingModel<resolved_model_t<T, F>>
-    result<WorkerId> spawn_text_embedding_worker(std::string_view registry_key, F model_loader,
-                                                 std::size_t per_worker_mb, AllocationGuard allocation_guard) {
-        return spawn_worker<text_embedding, resolved_model_t<T, F>>(registry_key, std::move(model_loader),
-                                                                    per_worker_mb, std::move(allocation_guard));
-    }
+            result<WorkerId> spawn_text_embedding_worker(std::string_view registry_key, F model_loader,
+                                                         std::size_t per_worker_mb,
+                                                         AllocationGuard allocation_guard) {
+            return spawn_worker<text_embedding, resolved_model_t<T, F>>(
+                registry_key, std::move(model_loader), per_worker_mb, std::move(allocation_guard));
+        }
 
     /// Spawns an image_embedding worker under `registry_key`. See `spawn_worker` for the contract.
     template <class T = detail::deduce_model, class F>
         requires model_loader<F, resolved_model_t<T, F>> && ImageEmbeddingModel<resolved_model_t<T, F>>
-    result<WorkerId> spawn_image_embedding_worker(std::string_view registry_key, F model_loader,
-                                                  std::size_t per_worker_mb, AllocationGuard allocation_guard) {
-        return spawn_worker<image_embedding, resolved_model_t<T, F>>(registry_key, std::move(model_loader),
-                                                                     per_worker_mb, std::move(allocation_guard));
-    }
+            result<WorkerId> spawn_image_embedding_worker(std::string_view registry_key, F model_loader,
+                                                          std::size_t per_worker_mb,
+                                                          AllocationGuard allocation_guard) {
+            return spawn_worker<image_embedding, resolved_model_t<T, F>>(
+                registry_key, std::move(model_loader), per_worker_mb, std::move(allocation_guard));
+        }
 
     /// Spawns a text_to_text worker under `registry_key`. See `spawn_worker` for the contract.
     template <class T = detail::deduce_model, class F>
         requires model_loader<F, resolved_model_t<T, F>> && TextToTextModel<resolved_model_t<T, F>>
-    result<WorkerId> spawn_text_to_text_worker(std::string_view registry_key, F model_loader,
-                                               std::size_t per_worker_mb, AllocationGuard allocation_guard) {
-        return spawn_worker<text_to_text, resolved_model_t<T, F>>(registry_key, std::move(model_loader),
-                                                                  per_worker_mb, std::move(allocation_guard));
-    }
+            result<WorkerId> spawn_text_to_text_worker(std::string_view registry_key, F model_loader,
+                                                       std::size_t per_worker_mb,
+                                                       AllocationGuard allocation_guard) {
+            return spawn_worker<text_to_text, resolved_model_t<T, F>>(
+                registry_key, std::move(model_loader), per_worker_mb, std::move(allocation_guard));
+        }
 
     /// Spawns a vision worker under `registry_key`. See `spawn_worker` for the contract.
     template <class T = detail::deduce_model, class F>
         requires model_loader<F, resolved_model_t<T, F>> && VisionModel<resolved_model_t<T, F>>
-    result<WorkerId> spawn_vision_worker(std::string_view registry_key, F model_loader, std::size_t per_worker_mb,
-                                         AllocationGuard allocation_guard) {
-        return spawn_worker<vision, resolved_model_t<T, F>>(registry_key, std::move(model_loader), per_worker_mb,
-                                                            std::move(allocation_guard));
-    }
+            result<WorkerId> spawn_vision_worker(std::string_view registry_key, F model_loader,
+                                                 std::size_t per_worker_mb,
+                                                 AllocationGuard allocation_guard) {
+            return spawn_worker<vision, resolved_model_t<T, F>>(registry_key, std::move(model_loader),
+                                                                per_worker_mb, std::move(allocation_guard));
+        }
 
     /// Spawns a text_to_image worker under `registry_key`. See `spawn_worker` for the contract.
     template <class T = detail::deduce_model, class F>
         requires model_loader<F, resolved_model_t<T, F>> && TextToImageModel<resolved_model_t<T, F>>
-    result<WorkerId> spawn_text_to_image_worker(std::string_view registry_key, F model_loader,
-                                                std::size_t per_worker_mb, AllocationGuard allocation_guard) {
-        return spawn_worker<text_to_image, resolved_model_t<T, F>>(registry_key, std::move(model_loader),
-                                                                   per_worker_mb, std::move(allocation_guard));
-    }
+            result<WorkerId> spawn_text_to_image_worker(std::string_view registry_key, F model_loader,
+                                                        std::size_t per_worker_mb,
+                                                        AllocationGuard allocation_guard) {
+            return spawn_worker<text_to_image, resolved_model_t<T, F>>(
+                registry_key, std::move(model_loader), per_worker_mb, std::move(allocation_guard));
+        }
 
     /// Spawns a worker of capability `Cap` with model type `T`; the five named spawn functions call this.
     ///
     /// Returns at once: the new worker's id, or an error for bad arguments (`invalid_argument`: empty or too
-    /// long key, `per_worker_mb == 0`, an empty guard, a guard of another size or from another pool's governor,
-    /// a key already serving another capability; `shutting_down` after `stop()`). On error the guard is
-    /// released before returning.
+    /// long key, `per_worker_mb == 0`, an empty guard, a guard of another size or from another pool's
+    /// governor, a key already serving another capability; `shutting_down` after `stop()`). On error the
+    /// guard is released before returning.
     ///
     /// The worker then co_awaits `model_loader()` on the pool's io_context. On success it registers with
     /// `registry_key` and serves; on failure (an error or an exception) it never registers, releases
     /// `allocation_guard` exactly once, logs one error line and, if no other worker of the key is alive,
     /// fails every waiting request with `spawn_failed` carrying the loader's message.
     template <capability_descriptor Cap, class T, class F>
-        requires model_loader<F, T>
-    result<WorkerId> spawn_worker(std::string_view registry_key, F model_loader, std::size_t per_worker_mb,
-                                  AllocationGuard allocation_guard) {
-        if (auto valid = check_spawn(registry_key, per_worker_mb, allocation_guard); !valid) {
-            return unexpected<PoolError>(valid.error());
+        requires model_loader<F, T> result<WorkerId> spawn_worker(std::string_view registry_key,
+                                                                  F model_loader, std::size_t per_worker_mb,
+                                                                  AllocationGuard allocation_guard) {
+            if (auto valid = check_spawn(registry_key, per_worker_mb, allocation_guard); !valid) {
+                return unexpected<PoolError>(valid.error());
+            }
+            auto router = router_for<Cap>(registry_key, true);
+            if (!router) {
+                return unexpected<PoolError>(router.error());
+            }
+            const WorkerId id = next_worker_id_.fetch_add(1, std::memory_order_relaxed);
+            if (auto added = (*router)->add_worker(id, per_worker_mb); !added) {
+                return unexpected<PoolError>(added.error());
+            }
+            core_->metrics->worker_spawned();
+            asio::co_spawn(io_->get_executor(),
+                           detail::run_worker<Cap, T>(core_, *router, id, std::move(model_loader),
+                                                      std::move(allocation_guard)),
+                           asio::detached);
+            return id;
         }
-        auto router = router_for<Cap>(registry_key, true);
-        if (!router) {
-            return unexpected<PoolError>(router.error());
-        }
-        const WorkerId id = next_worker_id_.fetch_add(1, std::memory_order_relaxed);
-        if (auto added = (*router)->add_worker(id, per_worker_mb); !added) {
-            return unexpected<PoolError>(added.error());
-        }
-        core_->metrics->worker_spawned();
-        asio::co_spawn(io_->get_executor(),
-                       detail::run_worker<Cap, T>(core_, *router, id, std::move(model_loader),
-                                                  std::move(allocation_guard)),
-                       asio::detached);
-        return id;
-    }
 
-    // ---- requests: text_embedding ---------------------------------------------------------------------------
+    // ---- requests: text_embedding
+    // ---------------------------------------------------------------------------
 
     /// Embeds `text` with a worker of `key`. Completes with `void(result<Embedding>)`.
     template <asio::completion_token_for<void(result<Embedding>)> CompletionToken = asio::use_awaitable_t<>>
@@ -214,7 +220,8 @@ public:
 
     /// Embeds `text` for `task` (a model-specific instruction). Completes with `void(result<Embedding>)`.
     template <asio::completion_token_for<void(result<Embedding>)> CompletionToken = asio::use_awaitable_t<>>
-    auto embed(std::string_view key, std::string text, std::optional<std::string> task, CompletionToken&& token = {}) {
+    auto embed(std::string_view key, std::string text, std::optional<std::string> task,
+               CompletionToken&& token = {}) {
         return call<text_embedding>(key, text_embedding::embed_op{std::move(text), std::move(task)},
                                     std::forward<CompletionToken>(token));
     }
@@ -222,13 +229,14 @@ public:
     /// Embeds each of `texts`, in order. Completes with `void(result<std::vector<Embedding>>)`.
     template <asio::completion_token_for<void(result<std::vector<Embedding>>)> CompletionToken =
                   asio::use_awaitable_t<>>
-    auto batch_embed(std::string_view key, std::vector<std::string> texts, std::optional<std::string> task = {},
-                     CompletionToken&& token = {}) {
+    auto batch_embed(std::string_view key, std::vector<std::string> texts,
+                     std::optional<std::string> task = {}, CompletionToken&& token = {}) {
         return call<text_embedding>(key, text_embedding::batch_embed_op{std::move(texts), std::move(task)},
                                     std::forward<CompletionToken>(token));
     }
 
-    // ---- requests: image_embedding --------------------------------------------------------------------------
+    // ---- requests: image_embedding
+    // --------------------------------------------------------------------------
 
     /// Embeds the image file at `path`. Completes with `void(result<Embedding>)`.
     template <asio::completion_token_for<void(result<Embedding>)> CompletionToken = asio::use_awaitable_t<>>
@@ -254,51 +262,64 @@ public:
     /// Embeds each image file of `paths`, in order. Completes with `void(result<std::vector<Embedding>>)`.
     template <asio::completion_token_for<void(result<std::vector<Embedding>>)> CompletionToken =
                   asio::use_awaitable_t<>>
-    auto batch_embed_images(std::string_view key, std::vector<std::string> paths, CompletionToken&& token = {}) {
+    auto batch_embed_images(std::string_view key, std::vector<std::string> paths,
+                            CompletionToken&& token = {}) {
         return call<image_embedding>(key, image_embedding::batch_embed_images_op{std::move(paths)},
                                      std::forward<CompletionToken>(token));
     }
 
-    // ---- requests: streams ------------------------------------------------------------------------------------
+    // ---- requests: streams
+    // ------------------------------------------------------------------------------------
 
     /// Generates text for `prompt`. Completes, once the request is queued, with
     /// `void(result<Stream<CompletionChunk>>)`; later failures end the stream with an error.
     template <asio::completion_token_for<void(result<Stream<CompletionChunk>>)> CompletionToken =
                   asio::use_awaitable_t<>>
-    auto prompt(std::string_view key, std::string prompt, GenerationParams params = {}, CompletionToken&& token = {}) {
+    auto prompt(std::string_view key, std::string prompt, GenerationParams params = {},
+                CompletionToken&& token = {}) {
         auto state = new_stream<CompletionChunk>();
         text_to_text::prompt_op op{std::move(prompt), std::move(params), ChunkSink<CompletionChunk>(state)};
-        return call_stream<text_to_text>(key, std::move(op), std::move(state), std::forward<CompletionToken>(token));
+        return call_stream<text_to_text>(key, std::move(op), std::move(state),
+                                         std::forward<CompletionToken>(token));
     }
 
     /// Describes the image file at `path` as asked by `query`. Completes with
     /// `void(result<Stream<TextChunk>>)`.
-    template <asio::completion_token_for<void(result<Stream<TextChunk>>)> CompletionToken = asio::use_awaitable_t<>>
-    auto describe_image(std::string_view key, std::string path, std::string query, CompletionToken&& token = {}) {
+    template <
+        asio::completion_token_for<void(result<Stream<TextChunk>>)> CompletionToken = asio::use_awaitable_t<>>
+    auto describe_image(std::string_view key, std::string path, std::string query,
+                        CompletionToken&& token = {}) {
         auto state = new_stream<TextChunk>();
         vision::describe_image_op op{std::move(path), std::move(query), ChunkSink<TextChunk>(state)};
-        return call_stream<vision>(key, std::move(op), std::move(state), std::forward<CompletionToken>(token));
+        return call_stream<vision>(key, std::move(op), std::move(state),
+                                   std::forward<CompletionToken>(token));
     }
 
     /// Describes the image at `url` as asked by `query`. Completes with `void(result<Stream<TextChunk>>)`.
-    template <asio::completion_token_for<void(result<Stream<TextChunk>>)> CompletionToken = asio::use_awaitable_t<>>
-    auto describe_url(std::string_view key, std::string url, std::string query, CompletionToken&& token = {}) {
+    template <
+        asio::completion_token_for<void(result<Stream<TextChunk>>)> CompletionToken = asio::use_awaitable_t<>>
+    auto describe_url(std::string_view key, std::string url, std::string query,
+                      CompletionToken&& token = {}) {
         auto state = new_stream<TextChunk>();
         vision::describe_url_op op{std::move(url), std::move(query), ChunkSink<TextChunk>(state)};
-        return call_stream<vision>(key, std::move(op), std::move(state), std::forward<CompletionToken>(token));
+        return call_stream<vision>(key, std::move(op), std::move(state),
+                                   std::forward<CompletionToken>(token));
     }
 
     /// Generates an image for `prompt`: progress chunks, then the image. Completes with
     /// `void(result<Stream<ImageChunk>>)`.
-    template <asio::completion_token_for<void(result<Stream<ImageChunk>>)> CompletionToken = asio::use_awaitable_t<>>
+    template <asio::completion_token_for<void(result<Stream<ImageChunk>>)> CompletionToken =
+                  asio::use_awaitable_t<>>
     auto generate_image(std::string_view key, std::string prompt, ImageConfig config = {},
                         CompletionToken&& token = {}) {
         auto state = new_stream<ImageChunk>();
         text_to_image::generate_image_op op{std::move(prompt), config, ChunkSink<ImageChunk>(state)};
-        return call_stream<text_to_image>(key, std::move(op), std::move(state), std::forward<CompletionToken>(token));
+        return call_stream<text_to_image>(key, std::move(op), std::move(state),
+                                          std::forward<CompletionToken>(token));
     }
 
-    // ---- generic requests -------------------------------------------------------------------------------------
+    // ---- generic requests
+    // -------------------------------------------------------------------------------------
 
     /// Sends unary operation `op` of capability `Cap` to a worker of `key`; the named operations call this.
     /// Completes with `void(result<Op::reply>)`: the reply, or `no_workers`, `overloaded`, `shutting_down`,
@@ -313,26 +334,28 @@ public:
                 auto router = router_for<Cap>(key, false);
                 if (!router) {
                     core_->metrics->outcome(false, router.error().code());
-                    detail::post_completion(std::move(handler), io_->get_executor(),
-                                            result<typename Op::reply>(unexpected<PoolError>(router.error())));
+                    detail::post_completion(
+                        std::move(handler), io_->get_executor(),
+                        result<typename Op::reply>(unexpected<PoolError>(router.error())));
                     return;
                 }
                 auto slot = asio::get_associated_cancellation_slot(handler);
                 auto executor = detail::completion_executor(handler, io_->get_executor());
-                auto job = std::make_shared<job_type>(std::move(op), typename job_type::handler_type(std::move(handler)),
-                                                      std::move(executor));
+                auto job = std::make_shared<job_type>(
+                    std::move(op), typename job_type::handler_type(std::move(handler)), std::move(executor));
                 job->metrics = core_->metrics;
                 job->enqueued_at = std::chrono::steady_clock::now();
                 if (slot.is_connected()) {
-                    slot.assign([weak_job = std::weak_ptr<job_type>(job),
-                                 weak_router = std::weak_ptr<detail::key_router>(*router)](asio::cancellation_type) {
-                        auto job = weak_job.lock();
-                        if (job && job->cancel()) {
-                            if (auto router = weak_router.lock()) {
-                                router->remove(job.get());
+                    slot.assign(
+                        [weak_job = std::weak_ptr<job_type>(job),
+                         weak_router = std::weak_ptr<detail::key_router>(*router)](asio::cancellation_type) {
+                            auto job = weak_job.lock();
+                            if (job && job->cancel()) {
+                                if (auto router = weak_router.lock()) {
+                                    router->remove(job.get());
+                                }
                             }
-                        }
-                    });
+                        });
                 }
                 if (auto submitted = (*router)->submit(job); !submitted) {
                     job->fail(submitted.error());
@@ -345,7 +368,8 @@ public:
     /// `void(result<Stream<Op::chunk>>)` as soon as the request is queued or refused.
     template <capability_descriptor Cap, streaming_operation Op,
               asio::completion_token_for<void(result<Stream<typename Op::chunk>>)> CompletionToken>
-    auto call_stream(std::string_view key, Op op, std::shared_ptr<detail::stream_state<typename Op::chunk>> state,
+    auto call_stream(std::string_view key, Op op,
+                     std::shared_ptr<detail::stream_state<typename Op::chunk>> state,
                      CompletionToken&& token) {
         using chunk = typename Op::chunk;
         return asio::async_initiate<CompletionToken, void(result<Stream<chunk>>)>(
@@ -373,7 +397,8 @@ public:
             token, std::string(key), std::move(op), std::move(state));
     }
 
-    // ---- observing --------------------------------------------------------------------------------------------
+    // ---- observing
+    // --------------------------------------------------------------------------------------------
 
     /// The pool's counters.
     [[nodiscard]] MetricsSnapshot metrics() const { return core_->metrics->snapshot(); }
@@ -409,7 +434,9 @@ public:
     [[nodiscard]] executor_type get_executor() const noexcept { return io_->get_executor(); }
 
     /// The executor for blocking work (blocking model calls; `offload`).
-    [[nodiscard]] asio::thread_pool::executor_type blocking_executor() noexcept { return blocking_.get_executor(); }
+    [[nodiscard]] asio::thread_pool::executor_type blocking_executor() noexcept {
+        return blocking_.get_executor();
+    }
 
     /// The pool's logger.
     [[nodiscard]] spdlog::logger& logger() const noexcept { return *core_->logger; }
@@ -423,12 +450,13 @@ public:
     /// True once `stop()` began.
     [[nodiscard]] bool stopping() const noexcept { return stopping_.load(std::memory_order_acquire); }
 
-    // ---- stopping ---------------------------------------------------------------------------------------------
+    // ---- stopping
+    // ---------------------------------------------------------------------------------------------
 
     /// Stops the pool: new requests and spawns get `shutting_down`, queued requests end with `shutting_down`,
     /// idle workers stop at once and busy ones after their current request; then, after at most
-    /// `options().shutdown_timeout`, the io_context and the blocking executor are stopped and joined, and every
-    /// worker that had not finished is destroyed, so all memory returns to the governor. Idempotent.
+    /// `options().shutdown_timeout`, the io_context and the blocking executor are stopped and joined, and
+    /// every worker that had not finished is destroyed, so all memory returns to the governor. Idempotent.
     ///
     /// Called from one of the pool's own threads (inside a pool coroutine) it only begins the shutdown and
     /// returns, since a thread cannot join itself; the destructor finishes it.
@@ -455,7 +483,8 @@ public:
         }
         {
             std::unique_lock lock(core_->mutex);
-            if (!core_->drained.wait_for(lock, options_.shutdown_timeout, [&] { return core_->live_workers == 0; })) {
+            if (!core_->drained.wait_for(lock, options_.shutdown_timeout,
+                                         [&] { return core_->live_workers == 0; })) {
                 core_->logger->warn("stop: {} worker(s) still busy after {} ms; cancelling them",
                                     core_->live_workers, options_.shutdown_timeout.count());
             }
@@ -485,11 +514,12 @@ private:
         : options_(std::move(options)),
           clock_(options_.clock ? options_.clock : std::make_shared<SteadyClock>()),
           governor_(MemoryGovernor::create(options_.memory_limit_mb != 0 ? options_.memory_limit_mb
-                                                                          : default_memory_limit_mb())),
+                                                                         : default_memory_limit_mb())),
           io_(std::make_unique<asio::io_context>(static_cast<int>(options_.io_threads))),
           work_(asio::make_work_guard(*io_)),
-          blocking_(options_.blocking_threads != 0 ? options_.blocking_threads
-                                                   : std::max<std::size_t>(1, std::thread::hardware_concurrency())),
+          blocking_(options_.blocking_threads != 0
+                        ? options_.blocking_threads
+                        : std::max<std::size_t>(1, std::thread::hardware_concurrency())),
           core_(std::make_shared<detail::pool_core>(detail::call_env{blocking_.get_executor()})) {
         core_->logger = options_.logger ? options_.logger : default_logger();
         core_->metrics = std::make_shared<detail::pool_metrics>();
@@ -508,8 +538,8 @@ private:
     bool on_pool_thread() const noexcept { return io_thread_ == this; }
 
     static std::shared_ptr<spdlog::logger> default_logger() {
-        auto logger =
-            std::make_shared<spdlog::logger>("modelpool", std::make_shared<spdlog::sinks::stderr_color_sink_mt>());
+        auto logger = std::make_shared<spdlog::logger>(
+            "modelpool", std::make_shared<spdlog::sinks::stderr_color_sink_mt>());
         logger->set_level(spdlog::level::info);
         return logger;
     }
@@ -525,25 +555,30 @@ private:
         return {};
     }
 
-    result<void> check_spawn(std::string_view key, std::size_t per_worker_mb, const AllocationGuard& guard) const {
+    result<void> check_spawn(std::string_view key, std::size_t per_worker_mb,
+                             const AllocationGuard& guard) const {
         if (auto valid = check_key(key); !valid) {
             return valid;
         }
         if (stopping()) {
-            return fail(errc::shutting_down, "cannot spawn a worker for '{}': the pool is shutting down", key);
+            return fail(errc::shutting_down, "cannot spawn a worker for '{}': the pool is shutting down",
+                        key);
         }
         if (per_worker_mb == 0) {
             return fail(errc::invalid_argument, "per_worker_mb for '{}' must be positive (got 0)", key);
         }
         if (!guard) {
-            return fail(errc::invalid_argument, "allocation guard for '{}' is empty (moved from or released)", key);
+            return fail(errc::invalid_argument, "allocation guard for '{}' is empty (moved from or released)",
+                        key);
         }
         if (guard.governor() != governor_.get()) {
-            return fail(errc::invalid_argument, "allocation guard for '{}' comes from another pool's governor", key);
+            return fail(errc::invalid_argument,
+                        "allocation guard for '{}' comes from another pool's governor", key);
         }
         if (guard.size_mb() != per_worker_mb) {
-            return fail(errc::invalid_argument, "allocation guard for '{}' holds {} MB but per_worker_mb is {}", key,
-                        guard.size_mb(), per_worker_mb);
+            return fail(errc::invalid_argument,
+                        "allocation guard for '{}' holds {} MB but per_worker_mb is {}", key, guard.size_mb(),
+                        per_worker_mb);
         }
         return {};
     }
@@ -561,23 +596,23 @@ private:
         auto it = routers_.find(key);
         if (it == routers_.end()) {
             if (!create) {
-                return fail(errc::no_workers, "no worker for key '{}' ({}): none was ever spawned", key, Cap::name);
+                return fail(errc::no_workers, "no worker for key '{}' ({}): none was ever spawned", key,
+                            Cap::name);
             }
             it = routers_
-                     .emplace(std::string(key),
-                              std::make_shared<detail::key_router>(std::string(key), std::type_index(typeid(Cap)),
-                                                                   Cap::name, options_.queue_capacity))
+                     .emplace(std::string(key), std::make_shared<detail::key_router>(
+                                                    std::string(key), std::type_index(typeid(Cap)), Cap::name,
+                                                    options_.queue_capacity))
                      .first;
         }
         if (it->second->capability() != std::type_index(typeid(Cap))) {
-            return fail(errc::invalid_argument, "key '{}' serves {}, not {}", key, it->second->capability_name(),
-                        Cap::name);
+            return fail(errc::invalid_argument, "key '{}' serves {}, not {}", key,
+                        it->second->capability_name(), Cap::name);
         }
         return it->second;
     }
 
-    template <class Chunk>
-    std::shared_ptr<detail::stream_state<Chunk>> new_stream() {
+    template <class Chunk> std::shared_ptr<detail::stream_state<Chunk>> new_stream() {
         return detail::make_stream_state<Chunk>(io_->get_executor(), options_.stream_capacity);
     }
 
@@ -593,7 +628,8 @@ private:
     std::vector<std::thread> threads_;
 
     mutable std::mutex registry_mutex_;
-    std::unordered_map<std::string, std::shared_ptr<detail::key_router>, detail::key_hash, std::equal_to<>> routers_;
+    std::unordered_map<std::string, std::shared_ptr<detail::key_router>, detail::key_hash, std::equal_to<>>
+        routers_;
     std::atomic<WorkerId> next_worker_id_{1};
     std::atomic<bool> stopping_{false};
     std::mutex join_mutex_;

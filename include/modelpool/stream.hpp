@@ -1,10 +1,10 @@
 // modelpool/stream.hpp
 //
-// Bounded streams between a model that generates chunks and the caller that reads them (text_to_text, vision and
-// text_to_image results). The model writes through a `ChunkSink`, the caller reads through a `Stream`; at most
-// `capacity` chunks wait between them, so a slow reader slows the model down (backpressure), and a reader that
-// stops reading (destroys or cancels the stream) makes the sink report "stop" so generation ends early and the
-// worker is free again.
+// Bounded streams between a model that generates chunks and the caller that reads them (text_to_text, vision
+// and text_to_image results). The model writes through a `ChunkSink`, the caller reads through a `Stream`; at
+// most `capacity` chunks wait between them, so a slow reader slows the model down (backpressure), and a
+// reader that stops reading (destroys or cancels the stream) makes the sink report "stop" so generation ends
+// early and the worker is free again.
 //
 // Unlike the Rust pool, errors are typed: a stream ends either cleanly or with one `PoolError`, never with an
 // error disguised as text.
@@ -27,8 +27,7 @@ namespace modelpool {
 namespace detail {
 
 /// The state shared by one stream's producer (a worker) and consumer (the caller). Thread-safe.
-template <class Chunk>
-class stream_state {
+template <class Chunk> class stream_state {
 public:
     using next_signature = void(result<std::optional<Chunk>>);
     using next_handler = asio::any_completion_handler<next_signature>;
@@ -40,7 +39,8 @@ public:
     /// The executor used for completions whose handlers have none of their own.
     const asio::any_io_executor& executor() const noexcept { return executor_; }
 
-    // ---- producer side -------------------------------------------------------------------------------------
+    // ---- producer side
+    // -------------------------------------------------------------------------------------
 
     /// Outcome of a non-blocking send.
     enum class send_status { sent, full, closed };
@@ -77,7 +77,8 @@ public:
         if (reader_) {
             auto [reader, reader_executor] = take_reader();
             lock.unlock();
-            post_completion(std::move(reader), reader_executor, result<std::optional<Chunk>>(std::move(chunk)));
+            post_completion(std::move(reader), reader_executor,
+                            result<std::optional<Chunk>>(std::move(chunk)));
             post_completion(std::move(handler), executor, true);
             return;
         }
@@ -94,12 +95,16 @@ public:
     bool send_blocking(Chunk chunk) {
         for (;;) {
             switch (try_send(chunk)) {
-            case send_status::sent: return true;
-            case send_status::closed: return false;
-            case send_status::full: break;
+            case send_status::sent:
+                return true;
+            case send_status::closed:
+                return false;
+            case send_status::full:
+                break;
             }
             std::unique_lock lock(mutex_);
-            space_.wait(lock, [&] { return abandoned_ || finished_ || buffer_.size() < capacity_ || reader_; });
+            space_.wait(lock,
+                        [&] { return abandoned_ || finished_ || buffer_.size() < capacity_ || reader_; });
         }
     }
 
@@ -134,7 +139,8 @@ public:
         return abandoned_;
     }
 
-    // ---- consumer side -------------------------------------------------------------------------------------
+    // ---- consumer side
+    // -------------------------------------------------------------------------------------
 
     /// Delivers the next chunk, the end (nullopt) or the stream's error to `handler`, on `fallback`: the
     /// handler's own executor (see `completion_executor`).
@@ -251,8 +257,7 @@ std::shared_ptr<stream_state<Chunk>> make_stream_state(asio::any_io_executor exe
 ///
 /// @par Thread Safety
 /// Distinct objects: Safe. Shared objects: Unsafe (one reader at a time).
-template <class Chunk>
-class Stream {
+template <class Chunk> class Stream {
 public:
     /// The completion signature of `async_next`: a chunk, `std::nullopt` at the end, or the stream's error.
     using next_signature = void(result<std::optional<Chunk>>);
@@ -276,17 +281,18 @@ public:
     /// with the error that ended the stream (`model_error`, `timeout`, `shutting_down`, `spawn_failed`, ...).
     /// Cancelling a read (through the token's cancellation slot) completes it with `cancelled` and leaves the
     /// stream usable.
-    template <class CompletionToken = asio::use_awaitable_t<>>
-    auto async_next(CompletionToken&& token = {}) {
+    template <class CompletionToken = asio::use_awaitable_t<>> auto async_next(CompletionToken&& token = {}) {
         return asio::async_initiate<CompletionToken, next_signature>(
             [](auto handler, std::shared_ptr<detail::stream_state<Chunk>> state) {
                 if (!state) {
-                    detail::post_completion(std::move(handler), asio::system_executor(),
-                                            result<std::optional<Chunk>>(fail(errc::cancelled, "stream is closed")));
+                    detail::post_completion(
+                        std::move(handler), asio::system_executor(),
+                        result<std::optional<Chunk>>(fail(errc::cancelled, "stream is closed")));
                     return;
                 }
                 auto executor = detail::completion_executor(handler, state->executor());
-                state->async_next(typename detail::stream_state<Chunk>::next_handler(std::move(handler)), executor);
+                state->async_next(typename detail::stream_state<Chunk>::next_handler(std::move(handler)),
+                                  executor);
             },
             token, state_);
     }
@@ -308,11 +314,10 @@ private:
 
 /// The writing end of a stream, handed to a model's streaming operation.
 ///
-/// A coroutine model writes with `co_await sink.send(chunk)`; a blocking model (running on the pool's blocking
-/// executor) with `sink.send_blocking(chunk)`. Both return false once the reader has gone: the model should
-/// then stop generating and return. The worker ends the stream when the model's operation returns.
-template <class Chunk>
-class ChunkSink {
+/// A coroutine model writes with `co_await sink.send(chunk)`; a blocking model (running on the pool's
+/// blocking executor) with `sink.send_blocking(chunk)`. Both return false once the reader has gone: the model
+/// should then stop generating and return. The worker ends the stream when the model's operation returns.
+template <class Chunk> class ChunkSink {
 public:
     /// A sink writing into `state` (made by the pool).
     explicit ChunkSink(std::shared_ptr<detail::stream_state<Chunk>> state) : state_(std::move(state)) {}
@@ -324,10 +329,10 @@ public:
     ///
     /// Takes any value a `Chunk` can be built from (e.g. a `TextChunk` for a `CompletionChunk` stream).
     ///
-    /// @note With g++ 12, build the value in a named variable first: `TextChunk c{text}; co_await sink.send(c);`.
-    /// g++ 12 miscompiles a class temporary holding a std::string inside a `co_await` operand
-    /// (`co_await sink.send(TextChunk{text})`): the string's short buffer ends up in the coroutine frame, which
-    /// AddressSanitizer reports as a bad free. clang does not have this bug.
+    /// @note With g++ 12, build the value in a named variable first: `TextChunk c{text}; co_await
+    /// sink.send(c);`. g++ 12 miscompiles a class temporary holding a std::string inside a `co_await` operand
+    /// (`co_await sink.send(TextChunk{text})`): the string's short buffer ends up in the coroutine frame,
+    /// which AddressSanitizer reports as a bad free. clang does not have this bug.
     template <class Value, asio::completion_token_for<void(bool)> CompletionToken = asio::use_awaitable_t<>>
         requires std::constructible_from<Chunk, Value&&>
     auto send(Value&& value, CompletionToken&& token = {}) {
@@ -335,7 +340,8 @@ public:
             [](auto handler, std::shared_ptr<detail::stream_state<Chunk>> state, Chunk chunk) {
                 auto executor = detail::completion_executor(handler, state->executor());
                 state->async_send(std::move(chunk),
-                                  typename detail::stream_state<Chunk>::send_handler(std::move(handler)), executor);
+                                  typename detail::stream_state<Chunk>::send_handler(std::move(handler)),
+                                  executor);
             },
             token, state_, Chunk(std::forward<Value>(value)));
     }

@@ -20,11 +20,11 @@ using Embedding = std::vector<float>;
 
 /// Sampling parameters for text generation (text_to_text).
 struct GenerationParams {
-    std::size_t max_tokens = 256;          ///< Upper bound on generated tokens.
-    double temperature = 0.7;              ///< Sampling temperature; 0 means greedy.
-    double top_p = 1.0;                    ///< Nucleus sampling mass.
-    std::optional<std::uint64_t> seed{};   ///< Fixed seed for reproducible output.
-    std::vector<std::string> stop{};       ///< Stop sequences.
+    std::size_t max_tokens = 256;        ///< Upper bound on generated tokens.
+    double temperature = 0.7;            ///< Sampling temperature; 0 means greedy.
+    double top_p = 1.0;                  ///< Nucleus sampling mass.
+    std::optional<std::uint64_t> seed{}; ///< Fixed seed for reproducible output.
+    std::vector<std::string> stop{};     ///< Stop sequences.
 };
 
 /// A piece of generated text (text_to_text and vision streams).
@@ -61,13 +61,14 @@ struct CompletionStats {
 };
 
 /// One element of a text_to_text stream.
-using CompletionChunk = std::variant<TextChunk, ToolCallStart, ToolCallDelta, ToolCallComplete, CompletionStats>;
+using CompletionChunk =
+    std::variant<TextChunk, ToolCallStart, ToolCallDelta, ToolCallComplete, CompletionStats>;
 
 /// Parameters for text_to_image generation.
 struct ImageConfig {
-    std::uint32_t width = 512;         ///< Output width in pixels.
-    std::uint32_t height = 512;        ///< Output height in pixels.
-    std::uint32_t steps = 4;           ///< Denoising (or refinement) steps.
+    std::uint32_t width = 512;           ///< Output width in pixels.
+    std::uint32_t height = 512;          ///< Output height in pixels.
+    std::uint32_t steps = 4;             ///< Denoising (or refinement) steps.
     std::optional<std::uint64_t> seed{}; ///< Fixed seed for reproducible output.
 };
 

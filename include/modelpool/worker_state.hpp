@@ -26,14 +26,22 @@ enum class WorkerState {
 /// The name of a state, e.g. "idle".
 constexpr std::string_view to_string(WorkerState state) noexcept {
     switch (state) {
-    case WorkerState::spawning: return "spawning";
-    case WorkerState::loading: return "loading";
-    case WorkerState::ready: return "ready";
-    case WorkerState::busy: return "busy";
-    case WorkerState::idle: return "idle";
-    case WorkerState::evicting: return "evicting";
-    case WorkerState::stopped: return "stopped";
-    case WorkerState::failed: return "failed";
+    case WorkerState::spawning:
+        return "spawning";
+    case WorkerState::loading:
+        return "loading";
+    case WorkerState::ready:
+        return "ready";
+    case WorkerState::busy:
+        return "busy";
+    case WorkerState::idle:
+        return "idle";
+    case WorkerState::evicting:
+        return "evicting";
+    case WorkerState::stopped:
+        return "stopped";
+    case WorkerState::failed:
+        return "failed";
     }
     return "unknown";
 }
@@ -42,14 +50,21 @@ constexpr std::string_view to_string(WorkerState state) noexcept {
 constexpr bool can_transition(WorkerState from, WorkerState to) noexcept {
     using enum WorkerState;
     switch (from) {
-    case spawning: return to == loading || to == stopped;
-    case loading: return to == ready || to == failed || to == stopped;
-    case ready: return to == busy || to == idle || to == evicting || to == stopped;
-    case busy: return to == idle || to == stopped;
-    case idle: return to == busy || to == evicting || to == stopped;
-    case evicting: return to == stopped;
+    case spawning:
+        return to == loading || to == stopped;
+    case loading:
+        return to == ready || to == failed || to == stopped;
+    case ready:
+        return to == busy || to == idle || to == evicting || to == stopped;
+    case busy:
+        return to == idle || to == stopped;
+    case idle:
+        return to == busy || to == evicting || to == stopped;
+    case evicting:
+        return to == stopped;
     case stopped:
-    case failed: return false;
+    case failed:
+        return false;
     }
     return false;
 }

@@ -34,7 +34,8 @@ struct image_embedding {
 
         /// Calls the model's `embed_image`.
         template <class M>
-        static auto call(M& model, embed_image_op& op) -> decltype(model.embed_image(std::as_const(op.path))) {
+        static auto call(M& model, embed_image_op& op)
+            -> decltype(model.embed_image(std::as_const(op.path))) {
             return model.embed_image(std::as_const(op.path));
         }
     };
@@ -48,7 +49,8 @@ struct image_embedding {
 
         /// Calls the model's `embed_image_url`.
         template <class M>
-        static auto call(M& model, embed_image_url_op& op) -> decltype(model.embed_image_url(std::as_const(op.url))) {
+        static auto call(M& model, embed_image_url_op& op)
+            -> decltype(model.embed_image_url(std::as_const(op.url))) {
             return model.embed_image_url(std::as_const(op.url));
         }
     };
@@ -84,13 +86,13 @@ struct image_embedding {
     };
 
     /// The operations an image_embedding model serves.
-    using operations = detail::type_list<embed_image_op, embed_image_url_op, embed_image_base64_op, batch_embed_images_op>;
+    using operations =
+        detail::type_list<embed_image_op, embed_image_url_op, embed_image_base64_op, batch_embed_images_op>;
 };
 
 /// A model type that can back an image_embedding worker.
 template <class M>
-concept ImageEmbeddingModel =
-    std::movable<M> && serves_operation<M, image_embedding::embed_image_op> &&
+concept ImageEmbeddingModel = std::movable<M> && serves_operation<M, image_embedding::embed_image_op> &&
     serves_operation<M, image_embedding::embed_image_url_op> &&
     serves_operation<M, image_embedding::embed_image_base64_op> &&
     serves_operation<M, image_embedding::batch_embed_images_op>;

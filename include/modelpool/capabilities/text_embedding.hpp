@@ -3,9 +3,10 @@
 // The text_embedding capability: `embed(text, task?)` and `batch_embed(texts, task?)`, each yielding vectors.
 // A model type serves it when it has these members (either form of each):
 //
-//     result<Embedding> embed(const std::string& text, const std::optional<std::string>& task);          // blocking
-//     asio::awaitable<result<Embedding>> embed(const std::string&, const std::optional<std::string>&);  // coroutine
-//     result<std::vector<Embedding>> batch_embed(const std::vector<std::string>&, const std::optional<std::string>&);
+//     result<Embedding> embed(const std::string& text, const std::optional<std::string>& task);          //
+//     blocking asio::awaitable<result<Embedding>> embed(const std::string&, const
+//     std::optional<std::string>&);  // coroutine result<std::vector<Embedding>> batch_embed(const
+//     std::vector<std::string>&, const std::optional<std::string>&);
 #pragma once
 
 #include "modelpool/capability.hpp"
@@ -26,14 +27,15 @@ struct text_embedding {
     /// `embed(text, task)`: one text to one vector.
     struct embed_op {
         static constexpr std::string_view name = "embed"; ///< Operation name in logs and metrics.
-        using reply = Embedding;                           ///< What the caller receives.
-        using outcome = result<reply>;                     ///< What the model returns.
-        std::string text;                                  ///< The text to embed.
-        std::optional<std::string> task;                   ///< Optional task instruction (model specific).
+        using reply = Embedding;                          ///< What the caller receives.
+        using outcome = result<reply>;                    ///< What the model returns.
+        std::string text;                                 ///< The text to embed.
+        std::optional<std::string> task;                  ///< Optional task instruction (model specific).
 
         /// Calls the model's `embed`.
         template <class M>
-        static auto call(M& model, embed_op& op) -> decltype(model.embed(std::as_const(op.text), std::as_const(op.task))) {
+        static auto call(M& model, embed_op& op)
+            -> decltype(model.embed(std::as_const(op.text), std::as_const(op.task))) {
             return model.embed(std::as_const(op.text), std::as_const(op.task));
         }
     };
@@ -61,6 +63,6 @@ struct text_embedding {
 /// A model type that can back a text_embedding worker.
 template <class M>
 concept TextEmbeddingModel = std::movable<M> && serves_operation<M, text_embedding::embed_op> &&
-                             serves_operation<M, text_embedding::batch_embed_op>;
+    serves_operation<M, text_embedding::batch_embed_op>;
 
 } // namespace modelpool

@@ -5,7 +5,8 @@
 //
 //     asio::awaitable<result<void>> generate_image(const std::string& prompt, const ImageConfig& config,
 //                                                  ChunkSink<ImageChunk>& sink);
-//     result<void> generate_image(const std::string&, const ImageConfig&, ChunkSink<ImageChunk>&);  // blocking
+//     result<void> generate_image(const std::string&, const ImageConfig&, ChunkSink<ImageChunk>&);  //
+//     blocking
 #pragma once
 
 #include "modelpool/capability.hpp"
@@ -30,7 +31,7 @@ struct text_to_image {
         using outcome = result<void>;                              ///< What the model returns when done.
         std::string prompt;                                        ///< What to draw.
         ImageConfig config;                                        ///< Size, steps, seed.
-        ChunkSink<chunk> sink;                                     ///< Where the model writes (set by the pool).
+        ChunkSink<chunk> sink; ///< Where the model writes (set by the pool).
 
         /// Calls the model's `generate_image`.
         template <class M>

@@ -1,12 +1,15 @@
 // modelpool/capabilities/text_to_text.hpp
 //
-// The text_to_text capability: `prompt(prompt, params)` yielding a stream of `CompletionChunk`s (text, tool-call
-// pieces, final stats). A model type serves it with one of
+// The text_to_text capability: `prompt(prompt, params)` yielding a stream of `CompletionChunk`s (text,
+// tool-call pieces, final stats). A model type serves it with one of
 //
 //     asio::awaitable<result<void>> prompt(const std::string& prompt, const GenerationParams& params,
-//                                          ChunkSink<CompletionChunk>& sink);   // coroutine: co_await sink.send(...)
-//     result<void> prompt(const std::string&, const GenerationParams&, ChunkSink<CompletionChunk>&);  // blocking:
-//                                                                                                  // sink.send_blocking
+//                                          ChunkSink<CompletionChunk>& sink);   // coroutine: co_await
+//                                          sink.send(...)
+//     result<void> prompt(const std::string&, const GenerationParams&, ChunkSink<CompletionChunk>&);  //
+//     blocking:
+//                                                                                                  //
+//                                                                                                  sink.send_blocking
 //
 // The model stops early when a send returns false (the reader has gone).
 #pragma once

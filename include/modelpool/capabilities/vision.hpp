@@ -1,11 +1,13 @@
 // modelpool/capabilities/vision.hpp
 //
-// The vision capability: `describe_image(path, query)` and `describe_url(url, query)`, each yielding a stream of
-// `TextChunk`s. A model type serves it with (each either a coroutine returning `asio::awaitable<result<void>>`
-// and writing with `co_await sink.send(...)`, or blocking, returning `result<void>` and using `send_blocking`):
+// The vision capability: `describe_image(path, query)` and `describe_url(url, query)`, each yielding a stream
+// of `TextChunk`s. A model type serves it with (each either a coroutine returning
+// `asio::awaitable<result<void>>` and writing with `co_await sink.send(...)`, or blocking, returning
+// `result<void>` and using `send_blocking`):
 //
-//     result<void> describe_image(const std::string& path, const std::string& query, ChunkSink<TextChunk>& sink);
-//     result<void> describe_url(const std::string& url, const std::string& query, ChunkSink<TextChunk>& sink);
+//     result<void> describe_image(const std::string& path, const std::string& query, ChunkSink<TextChunk>&
+//     sink); result<void> describe_url(const std::string& url, const std::string& query,
+//     ChunkSink<TextChunk>& sink);
 #pragma once
 
 #include "modelpool/capability.hpp"
@@ -30,7 +32,7 @@ struct vision {
         using outcome = result<void>;                              ///< What the model returns when done.
         std::string path;                                          ///< Path of the image file.
         std::string query;                                         ///< What to describe.
-        ChunkSink<chunk> sink;                                     ///< Where the model writes (set by the pool).
+        ChunkSink<chunk> sink; ///< Where the model writes (set by the pool).
 
         /// Calls the model's `describe_image`.
         template <class M>
@@ -47,7 +49,7 @@ struct vision {
         using outcome = result<void>;                            ///< What the model returns when done.
         std::string url;                                         ///< Where the image is.
         std::string query;                                       ///< What to describe.
-        ChunkSink<chunk> sink;                                   ///< Where the model writes (set by the pool).
+        ChunkSink<chunk> sink; ///< Where the model writes (set by the pool).
 
         /// Calls the model's `describe_url`.
         template <class M>
@@ -63,7 +65,7 @@ struct vision {
 
 /// A model type that can back a vision worker.
 template <class M>
-concept VisionModel =
-    std::movable<M> && serves_operation<M, vision::describe_image_op> && serves_operation<M, vision::describe_url_op>;
+concept VisionModel = std::movable<M> && serves_operation<M, vision::describe_image_op> &&
+    serves_operation<M, vision::describe_url_op>;
 
 } // namespace modelpool

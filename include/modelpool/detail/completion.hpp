@@ -1,8 +1,8 @@
 // modelpool/detail/completion.hpp
 //
-// How modelpool completes a caller's handler: always through the handler's associated executor (falling back to
-// the pool's executor), never inline under a lock, with the handler's cancellation slot cleared first so that a
-// late cancellation cannot reach a finished operation.
+// How modelpool completes a caller's handler: always through the handler's associated executor (falling back
+// to the pool's executor), never inline under a lock, with the handler's cancellation slot cleared first so
+// that a late cancellation cannot reach a finished operation.
 #pragma once
 
 #include "modelpool/asio.hpp"
@@ -11,8 +11,7 @@
 
 namespace modelpool::detail {
 
-template <class T>
-inline constexpr bool is_erased_handler_v = false;
+template <class T> inline constexpr bool is_erased_handler_v = false;
 template <class... Signatures>
 inline constexpr bool is_erased_handler_v<asio::any_completion_handler<Signatures...>> = true;
 

@@ -34,31 +34,27 @@ asio::awaitable<op_outcome_t<Op>> call_model(void* model, Op& op, const call_env
         }
         co_return std::move(*outcome);
     } else {
-        co_return co_await offload(env.blocking, [&typed, &op] { return Op::call(typed, op); }, asio::use_awaitable);
+        co_return co_await offload(
+            env.blocking, [&typed, &op] { return Op::call(typed, op); }, asio::use_awaitable);
     }
 }
 
-template <class Cap, class List = typename Cap::operations>
-class invoker;
+template <class Cap, class List = typename Cap::operations> class invoker;
 
 /// One function pointer per operation of `Cap`, bound to one model object.
-template <class Cap, class... Ops>
-class invoker<Cap, type_list<Ops...>> {
+template <class Cap, class... Ops> class invoker<Cap, type_list<Ops...>> {
 public:
     /// Binds to `model`, which must outlive the invoker.
     template <class T>
-    invoker(T& model, call_env env)
-        : model_(&model), env_(std::move(env)), calls_{&call_model<T, Ops>...} {}
+    invoker(T& model, call_env env) : model_(&model), env_(std::move(env)), calls_{&call_model<T, Ops>...} {}
 
     /// Runs operation `Op` on the bound model.
-    template <class Op>
-    asio::awaitable<op_outcome_t<Op>> call(Op& op) const {
+    template <class Op> asio::awaitable<op_outcome_t<Op>> call(Op& op) const {
         return std::get<call_fn<Op>>(calls_)(model_, op, env_);
     }
 
 private:
-    template <class Op>
-    using call_fn = asio::awaitable<op_outcome_t<Op>> (*)(void*, Op&, const call_env&);
+    template <class Op> using call_fn = asio::awaitable<op_outcome_t<Op>> (*)(void*, Op&, const call_env&);
 
     void* model_;
     call_env env_;

@@ -1,8 +1,8 @@
 // modelpool/detail/job.hpp
 //
 // A request waiting in, or taken from, its key's queue. The router sees only `job_base` (queue bookkeeping,
-// failing, cancelling); the worker runs `job<Cap>` against its invoker. Every job ends exactly once: `claim()` is
-// the single gate through which a result, an error, a cancellation or a shutdown completes it.
+// failing, cancelling); the worker runs `job<Cap>` against its invoker. Every job ends exactly once:
+// `claim()` is the single gate through which a result, an error, a cancellation or a shutdown completes it.
 #pragma once
 
 #include "modelpool/asio.hpp"
@@ -52,16 +52,14 @@ private:
 };
 
 /// A request of capability `Cap`, runnable by a worker of that capability.
-template <class Cap>
-class job : public job_base {
+template <class Cap> class job : public job_base {
 public:
     /// Serves the request with the worker's model and completes it.
     virtual asio::awaitable<void> run(const invoker<Cap>& model) = 0;
 };
 
 /// A request with one reply, completing the caller's handler.
-template <class Cap, class Op>
-class unary_job final : public job<Cap> {
+template <class Cap, class Op> class unary_job final : public job<Cap> {
 public:
     /// The caller's completion handler, type-erased.
     using handler_type = asio::any_completion_handler<void(result<typename Op::reply>)>;
@@ -79,7 +77,8 @@ public:
 
     /// Completes with `cancelled`; false if the request had already ended.
     bool cancel() {
-        return complete(fail_value(errc::cancelled, fmt::format("{} request was cancelled by its caller", Op::name)));
+        return complete(
+            fail_value(errc::cancelled, fmt::format("{} request was cancelled by its caller", Op::name)));
     }
 
 private:
@@ -102,8 +101,7 @@ private:
 };
 
 /// A streaming request: the caller already holds the reading end; the model writes into `op.sink`.
-template <class Cap, class Op>
-class stream_job final : public job<Cap> {
+template <class Cap, class Op> class stream_job final : public job<Cap> {
 public:
     using state_type = stream_state<typename Op::chunk>; ///< The shared stream state.
 

@@ -1,10 +1,12 @@
 // modelpool/detail/key_router.hpp
 //
-// One registry key's queue and workers: the router. Requests wait in ONE bounded FIFO queue per key and workers
-// pull from it (the design the Rust pool's own plan asked for), so:
-// - a request never waits behind a busy worker while another worker of the key is idle (idle workers are parked
+// One registry key's queue and workers: the router. Requests wait in ONE bounded FIFO queue per key and
+// workers pull from it (the design the Rust pool's own plan asked for), so:
+// - a request never waits behind a busy worker while another worker of the key is idle (idle workers are
+// parked
 //   here and get the next request directly);
-// - requests are never routed to a worker that is still loading or already gone, and none is lost on eviction;
+// - requests are never routed to a worker that is still loading or already gone, and none is lost on
+// eviction;
 // - the queue bound is real backpressure (`overloaded` when full).
 // The router also counts the key's workers by state, so "is anything loading?" and "max workers" are answered
 // from one place, under one short lock that is never held across a suspension point or user code.
@@ -36,22 +38,26 @@ using WorkerId = std::uint64_t;
 
 /// Counts of one key's workers and requests, as `Pool::snapshot` reports them.
 struct KeySnapshot {
-    std::string key;                    ///< The registry key.
-    std::string_view capability;        ///< Its capability name, e.g. "text_embedding".
+    std::string key;                      ///< The registry key.
+    std::string_view capability;          ///< Its capability name, e.g. "text_embedding".
     std::array<std::size_t, 8> workers{}; ///< Workers per `WorkerState`, indexed by the enum's value.
-    std::size_t queue_depth = 0;        ///< Requests waiting for a worker.
-    std::size_t queue_capacity = 0;     ///< The queue's bound.
-    std::size_t memory_mb = 0;          ///< Memory reserved by the key's live workers.
-    std::uint64_t served = 0;           ///< Requests its workers have completed.
+    std::size_t queue_depth = 0;          ///< Requests waiting for a worker.
+    std::size_t queue_capacity = 0;       ///< The queue's bound.
+    std::size_t memory_mb = 0;            ///< Memory reserved by the key's live workers.
+    std::uint64_t served = 0;             ///< Requests its workers have completed.
 
     /// Workers in `state`.
-    [[nodiscard]] std::size_t count(WorkerState state) const { return workers[static_cast<std::size_t>(state)]; }
+    [[nodiscard]] std::size_t count(WorkerState state) const {
+        return workers[static_cast<std::size_t>(state)];
+    }
     /// Workers that hold a model and can serve (ready, busy or idle).
     [[nodiscard]] std::size_t serving() const {
         return count(WorkerState::ready) + count(WorkerState::busy) + count(WorkerState::idle);
     }
     /// Workers not yet able to serve (spawning or loading).
-    [[nodiscard]] std::size_t starting() const { return count(WorkerState::spawning) + count(WorkerState::loading); }
+    [[nodiscard]] std::size_t starting() const {
+        return count(WorkerState::spawning) + count(WorkerState::loading);
+    }
 };
 
 namespace detail {
@@ -59,7 +65,7 @@ namespace detail {
 /// The queue and worker table of one registry key. Thread-safe; see the file comment.
 class key_router {
 public:
-    using job_ptr = std::shared_ptr<job_base>;            ///< A queued request.
+    using job_ptr = std::shared_ptr<job_base>;                        ///< A queued request.
     using take_handler = asio::any_completion_handler<void(job_ptr)>; ///< A parked worker's continuation.
 
     key_router(std::string key, std::type_index capability, std::string_view capability_name,
@@ -74,7 +80,8 @@ public:
     /// The capability's name.
     [[nodiscard]] std::string_view capability_name() const noexcept { return capability_name_; }
 
-    // ---- workers -------------------------------------------------------------------------------------------
+    // ---- workers
+    // -------------------------------------------------------------------------------------------
 
     /// Records a new worker in state `spawning`. Fails with `shutting_down` once the router is closed.
     result<void> add_worker(WorkerId id, std::size_t memory_mb) {
@@ -105,7 +112,8 @@ public:
             transition_locked(id, WorkerState::failed);
             erase_locked(id);
             if (live_locked() == 0) {
-                orphans.assign(std::make_move_iterator(queue_.begin()), std::make_move_iterator(queue_.end()));
+                orphans.assign(std::make_move_iterator(queue_.begin()),
+                               std::make_move_iterator(queue_.end()));
                 queue_.clear();
             }
         }
@@ -123,7 +131,8 @@ public:
             transition_locked(id, WorkerState::stopped);
             erase_locked(id);
             if (live_locked() == 0) {
-                orphans.assign(std::make_move_iterator(queue_.begin()), std::make_move_iterator(queue_.end()));
+                orphans.assign(std::make_move_iterator(queue_.begin()),
+                               std::make_move_iterator(queue_.end()));
                 queue_.clear();
             }
         }
@@ -132,7 +141,8 @@ public:
         }
     }
 
-    // ---- requests ------------------------------------------------------------------------------------------
+    // ---- requests
+    // ------------------------------------------------------------------------------------------
 
     /// Accepts a request: straight to an idle worker, else into the queue. Fails at once with
     /// `shutting_down` (closed), `no_workers` (nothing alive or loading) or `overloaded` (queue full).
@@ -154,8 +164,8 @@ public:
                         capability_name_);
         }
         if (queue_.size() >= queue_capacity_) {
-            return fail(errc::overloaded, "queue of '{}' is full ({} of {} requests waiting)", key_, queue_.size(),
-                        queue_capacity_);
+            return fail(errc::overloaded, "queue of '{}' is full ({} of {} requests waiting)", key_,
+                        queue_.size(), queue_capacity_);
         }
         queue_.push_back(std::move(job));
         return {};
@@ -212,7 +222,8 @@ public:
         }
     }
 
-    // ---- lifecycle -----------------------------------------------------------------------------------------
+    // ---- lifecycle
+    // -----------------------------------------------------------------------------------------
 
     /// Refuses new requests and spawns with `reason`, fails every queued request with it, and releases every
     /// parked worker (it stops). Busy workers finish their current request, then stop. Idempotent.
@@ -296,7 +307,9 @@ private:
                count_locked(idle);
     }
 
-    std::size_t count_locked(WorkerState state) const { return state_counts_[static_cast<std::size_t>(state)]; }
+    std::size_t count_locked(WorkerState state) const {
+        return state_counts_[static_cast<std::size_t>(state)];
+    }
 
     void erase_locked(WorkerId id) {
         if (auto it = workers_.find(id); it != workers_.end()) {
@@ -336,7 +349,7 @@ private:
     mutable std::mutex mutex_;
     std::deque<job_ptr> queue_;
     std::map<WorkerId, worker_entry> workers_;
-    std::vector<parked_worker> parked_; // LIFO: the most recently idle worker gets the next request.
+    std::vector<parked_worker> parked_;         // LIFO: the most recently idle worker gets the next request.
     std::array<std::size_t, 8> state_counts_{}; // workers per WorkerState, kept by transition_locked
     std::uint64_t served_ = 0;
     bool closed_ = false;

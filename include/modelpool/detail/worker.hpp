@@ -1,11 +1,13 @@
 // modelpool/detail/worker.hpp
 //
 // The one worker loop every capability runs. A worker:
-// 1. co_awaits its loader on the pool's io_context (no thread is blocked: a loader that waits on I/O or a timer
+// 1. co_awaits its loader on the pool's io_context (no thread is blocked: a loader that waits on I/O or a
+// timer
 //    suspends, and a loader that throws counts as a failed load);
 // 2. on failure, releases its memory reservation, logs one error line (key, worker id, reason) and lets its
 //    router fail the waiting requests with `spawn_failed` if no other worker of the key is alive;
-// 3. on success, registers as ready with its key's router and serves requests pulled from the key's queue, one
+// 3. on success, registers as ready with its key's router and serves requests pulled from the key's queue,
+// one
 //    at a time (model authors need no locks), until the router releases it (eviction or shutdown).
 #pragma once
 
@@ -52,14 +54,13 @@ struct pool_core {
         }
     }
 
-    std::mutex mutex;                 ///< Guards live_workers.
-    std::condition_variable drained;  ///< Signalled when live_workers reaches 0.
-    std::size_t live_workers = 0;     ///< Worker coroutines not yet finished.
+    std::mutex mutex;                ///< Guards live_workers.
+    std::condition_variable drained; ///< Signalled when live_workers reaches 0.
+    std::size_t live_workers = 0;    ///< Worker coroutines not yet finished.
 };
 
 /// The value type a loader's awaitable yields: `result<T>`.
-template <class F>
-using loader_result_t = typename awaitable_value<std::invoke_result_t<F&>>::type;
+template <class F> using loader_result_t = typename awaitable_value<std::invoke_result_t<F&>>::type;
 
 /// Leaves the pool's gate when the worker coroutine ends, however it ends (also when its frame is destroyed
 /// unfinished at shutdown).
@@ -73,8 +74,8 @@ struct gate_ticket {
 
 /// Runs one worker of capability `Cap` with model type `T`, from load to stop. See the file comment.
 template <class Cap, class T, class F>
-asio::awaitable<void> run_worker(std::shared_ptr<pool_core> core, std::shared_ptr<key_router> router, WorkerId id,
-                                 F loader, AllocationGuard guard) {
+asio::awaitable<void> run_worker(std::shared_ptr<pool_core> core, std::shared_ptr<key_router> router,
+                                 WorkerId id, F loader, AllocationGuard guard) {
     gate_ticket ticket(core);
     // Never run the loader inline inside the spawn call (co_spawn dispatches when called on a pool thread):
     // the spawn function must return at once, whatever the loader does before its first suspension.
@@ -92,10 +93,11 @@ asio::awaitable<void> run_worker(std::shared_ptr<pool_core> core, std::shared_pt
 
     if (!*loaded) {
         const auto& cause = loaded->error();
-        PoolError error(errc::spawn_failed,
-                        fmt::format("{} worker {} for '{}' failed to load: {}{}", Cap::name, id, key,
-                                    cause.code() == errc::spawn_failed ? "" : fmt::format("{}: ", cause.code()),
-                                    cause.message().empty() ? "(the loader gave no reason)" : cause.message()));
+        PoolError error(
+            errc::spawn_failed,
+            fmt::format("{} worker {} for '{}' failed to load: {}{}", Cap::name, id, key,
+                        cause.code() == errc::spawn_failed ? "" : fmt::format("{}: ", cause.code()),
+                        cause.message().empty() ? "(the loader gave no reason)" : cause.message()));
         loaded.reset();
         guard.release(); // memory is back before anyone learns of the failure
         core->metrics->worker_failed();
