@@ -10,6 +10,7 @@
 #include <modelpool/pool.hpp>
 
 #include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/bind_executor.hpp>
 #include <boost/asio/deferred.hpp>
 #include <boost/asio/use_future.hpp>
 
@@ -751,6 +752,33 @@ TEST_CASE("requests queued while the first worker loads are served once it regis
     CHECK(served_eventually(pool, "bert", 3));
 }
 
+TEST_CASE("with 4 io threads and 4 workers, 200 concurrent requests each get their own reply", "[routing]") {
+    LogCapture log;
+    Pool pool({.io_threads = 4, .blocking_threads = 2, .memory_limit_mb = 4096, .logger = log.logger()});
+    for (int i = 1; i <= 4; ++i) {
+        REQUIRE(pool.spawn_text_embedding_worker("bert", ready_loader(CoroEmbedder{i, nullptr, nullptr}), 1,
+                                                 guard_for(pool, "bert")));
+        REQUIRE(pool.spawn_text_embedding_worker("slow", ready_loader(BlockingEmbedder{i, nullptr, 0ms}), 1,
+                                                 guard_for(pool, "slow")));
+    }
+    constexpr std::size_t requests = 200;
+    std::vector<std::future<result<Embedding>>> replies;
+    for (std::size_t i = 0; i < requests; ++i) {
+        replies.push_back(pool.embed(i % 2 == 0 ? "bert" : "slow", std::string(i % 17 + 1, 'x'), asio::use_future));
+    }
+    for (std::size_t i = 0; i < requests; ++i) {
+        auto reply = get(std::move(replies[i]));
+        INFO("request " << i << ": " << show(reply));
+        REQUIRE(reply.has_value());
+        CHECK(reply->at(2) == static_cast<float>(i % 17 + 1));
+        CHECK(reply->at(1) == (i % 2 == 0 ? 1.0F : 3.0F));
+    }
+    CHECK(pool.metrics().succeeded == requests);
+    CHECK(pool.metrics().error_total() == 0);
+    CHECK(served_eventually(pool, "bert", requests / 2));
+    CHECK(served_eventually(pool, "slow", requests / 2));
+}
+
 // The cancellation tests run in a child process: see check_isolated() and the report at the end of this file.
 TEST_CASE("isolated: a queued request cancelled through its cancellation slot", "[.isolated]") {
     LogCapture log;
@@ -1039,6 +1067,41 @@ TEST_CASE("a stream stops early when its reader stops: the model sees send() ret
     }
 }
 
+TEST_CASE("a cancelled read leaves the stream usable; a stream abandoned while queued never reaches the model",
+          "[stream]") {
+    LogCapture log;
+    auto gate = std::make_shared<Gate>();
+    auto probe = std::make_shared<Probe>();
+    Pool pool(test_options(log));
+    OpenOnExit open_gate{gate};
+    REQUIRE(pool.spawn_text_to_text_worker("chat", gated_loader(gate, CoroChat{probe}), 1, guard_for(pool, "chat")));
+
+    {
+        auto abandoned = get(pool.prompt("chat", "never", {.max_tokens = 2}, asio::use_future));
+        REQUIRE(abandoned.has_value());
+    } // the reader leaves before the worker has loaded
+    auto opened = get(pool.prompt("chat", "hi", {.max_tokens = 2}, asio::use_future));
+    REQUIRE(opened.has_value());
+
+    // A read waiting for a chunk that cannot come yet is cancelled. The cancellation is emitted on the pool's io
+    // thread, where the read completes (Asio's rule for cancellation signals).
+    asio::cancellation_signal signal;
+    std::promise<result<std::optional<CompletionChunk>>> read;
+    opened->async_next(asio::bind_cancellation_slot(
+        signal.slot(), asio::bind_executor(pool.get_executor(), [&read](result<std::optional<CompletionChunk>> r) {
+            read.set_value(std::move(r));
+        })));
+    asio::post(pool.get_executor(), [&signal] { signal.emit(asio::cancellation_type::terminal); });
+    check_error(get(read.get_future()), errc::cancelled);
+
+    gate->open();
+    auto rest = drain(*opened); // the stream is still usable
+    INFO(show(rest));
+    REQUIRE(rest.has_value());
+    CHECK(*rest == Chunks{"text:hi#0", "text:hi#1", "stats:stop/2"});
+    CHECK(probe->calls.count() == 1); // "never" was skipped
+}
+
 // =================================================================================================================
 // [blocking]
 
@@ -1201,6 +1264,47 @@ TEST_CASE("invalid PoolOptions are refused by Pool::create and by the throwing c
     auto good = Pool::create(test_options(log));
     REQUIRE(good.has_value());
     CHECK((*good)->options().queue_capacity == 1024);
+}
+
+TEST_CASE("default options: a logger named modelpool, a memory limit from the machine's RAM", "[options]") {
+    Pool pool(PoolOptions{.blocking_threads = 1});
+    CHECK(pool.logger().name() == "modelpool");
+    CHECK(pool.governor().limit_mb() == default_memory_limit_mb());
+    CHECK(pool.governor().limit_mb() >= 1);
+    const auto& options = pool.options();
+    CHECK(options.io_threads == 1);
+    CHECK(options.queue_capacity == 1024);
+    CHECK(options.stream_capacity == 16);
+    CHECK(options.max_key_length == 256);
+    CHECK(options.shutdown_timeout == 30s);
+}
+
+TEST_CASE("options() reports the values the pool runs with, defaults filled in", "[options][!mayfail]") {
+    Pool pool(PoolOptions{});
+    // pool.hpp documents options() as "the validated options the pool runs with (defaults filled in)".
+    CHECK(pool.options().memory_limit_mb == pool.governor().limit_mb());
+    CHECK(pool.options().blocking_threads == std::max<std::size_t>(1, std::thread::hardware_concurrency()));
+    CHECK(pool.options().logger.get() == &pool.logger());
+}
+
+TEST_CASE("worker states move only along the lifecycle's allowed transitions", "[spawn]") {
+    using enum WorkerState;
+    STATIC_REQUIRE(can_transition(spawning, loading));
+    STATIC_REQUIRE(can_transition(loading, ready));
+    STATIC_REQUIRE(can_transition(loading, failed));
+    STATIC_REQUIRE(can_transition(ready, idle));
+    STATIC_REQUIRE(can_transition(idle, busy));
+    STATIC_REQUIRE(can_transition(busy, idle));
+    STATIC_REQUIRE(can_transition(idle, evicting));
+    STATIC_REQUIRE(can_transition(evicting, stopped));
+    STATIC_REQUIRE_FALSE(can_transition(spawning, ready)); // never serving without a load
+    STATIC_REQUIRE_FALSE(can_transition(failed, ready));
+    STATIC_REQUIRE_FALSE(can_transition(stopped, idle));
+    STATIC_REQUIRE_FALSE(can_transition(evicting, busy));
+    STATIC_REQUIRE_FALSE(can_transition(busy, evicting)); // a busy worker finishes its request first
+    STATIC_REQUIRE(is_serving(idle));
+    STATIC_REQUIRE_FALSE(is_serving(loading));
+    STATIC_REQUIRE_FALSE(is_live(failed));
 }
 
 // =================================================================================================================
