@@ -41,6 +41,7 @@
 #include <spdlog/logger.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <functional>
@@ -201,10 +202,12 @@ public:
                 return unexpected<PoolError>(added.error());
             }
             core_->metrics->worker_spawned();
+            auto stop_signal = std::make_shared<asio::cancellation_signal>();
+            auto ticket = std::make_unique<detail::gate_ticket>(core_, id, stop_signal);
             asio::co_spawn(io_->get_executor(),
                            detail::run_worker<Cap, T>(core_, *router, id, std::move(model_loader),
-                                                      std::move(allocation_guard)),
-                           asio::detached);
+                                                      std::move(allocation_guard), std::move(ticket)),
+                           asio::bind_cancellation_slot(stop_signal->slot(), asio::detached));
             return id;
         }
 
@@ -335,17 +338,16 @@ public:
                 if (!router) {
                     core_->metrics->outcome(false, router.error().code());
                     detail::post_completion(
-                        std::move(handler), io_->get_executor(),
+                        std::move(handler), fallback_->get(),
                         result<typename Op::reply>(unexpected<PoolError>(router.error())));
                     return;
                 }
-                auto slot = asio::get_associated_cancellation_slot(handler);
-                auto executor = detail::completion_executor(handler, io_->get_executor());
+                auto executor = detail::completion_executor(handler, fallback_->get());
                 auto job = std::make_shared<job_type>(
                     std::move(op), typename job_type::handler_type(std::move(handler)), std::move(executor));
                 job->metrics = core_->metrics;
                 job->enqueued_at = std::chrono::steady_clock::now();
-                if (slot.is_connected()) {
+                if (auto slot = job->cancellation_slot(); slot.is_connected()) {
                     slot.assign(
                         [weak_job = std::weak_ptr<job_type>(job),
                          weak_router = std::weak_ptr<detail::key_router>(*router)](asio::cancellation_type) {
@@ -378,7 +380,7 @@ public:
                 auto router = router_for<Cap>(key, false);
                 if (!router) {
                     core_->metrics->outcome(false, router.error().code());
-                    detail::post_completion(std::move(handler), io_->get_executor(),
+                    detail::post_completion(std::move(handler), fallback_->get(),
                                             result<Stream<chunk>>(unexpected<PoolError>(router.error())));
                     return;
                 }
@@ -387,11 +389,11 @@ public:
                 job->enqueued_at = std::chrono::steady_clock::now();
                 if (auto submitted = (*router)->submit(job); !submitted) {
                     job->fail(submitted.error());
-                    detail::post_completion(std::move(handler), io_->get_executor(),
+                    detail::post_completion(std::move(handler), fallback_->get(),
                                             result<Stream<chunk>>(unexpected<PoolError>(submitted.error())));
                     return;
                 }
-                detail::post_completion(std::move(handler), io_->get_executor(),
+                detail::post_completion(std::move(handler), fallback_->get(),
                                         result<Stream<chunk>>(Stream<chunk>(std::move(state))));
             },
             token, std::string(key), std::move(op), std::move(state));
@@ -453,27 +455,22 @@ public:
     // ---- stopping
     // ---------------------------------------------------------------------------------------------
 
-    /// Stops the pool: new requests and spawns get `shutting_down`, queued requests end with `shutting_down`,
-    /// idle workers stop at once and busy ones after their current request; then, after at most
-    /// `options().shutdown_timeout`, the io_context and the blocking executor are stopped and joined, and
-    /// every worker that had not finished is destroyed, so all memory returns to the governor. Idempotent.
+    /// Stops the pool, in order:
+    /// 1. new requests and spawns get `shutting_down`; queued requests end with `shutting_down`; idle workers
+    ///    stop at once and busy ones after their current request;
+    /// 2. after at most `options().shutdown_timeout`, requests still being served end with `shutting_down`
+    /// and
+    ///    the remaining workers are cancelled (their pending asynchronous operations are aborted);
+    /// 3. the io_context threads and the blocking executor are stopped and joined.
+    /// Every worker that honours cancellation has then ended and released its memory; a worker whose model
+    /// ignores cancellation is destroyed with the pool. Operations started after `stop()` complete with
+    /// `shutting_down` on the system executor. Idempotent and safe from any thread.
     ///
     /// Called from one of the pool's own threads (inside a pool coroutine) it only begins the shutdown and
-    /// returns, since a thread cannot join itself; the destructor finishes it.
+    /// returns, since a thread cannot join itself; a later `stop()` or the destructor finishes it. A blocking
+    /// model call that never returns makes step 3 wait for it: blocking calls cannot be interrupted.
     void stop() {
-        if (!stopping_.exchange(true, std::memory_order_acq_rel)) {
-            std::vector<std::shared_ptr<detail::key_router>> routers;
-            {
-                std::lock_guard lock(registry_mutex_);
-                for (const auto& [key, router] : routers_) {
-                    routers.push_back(router);
-                }
-            }
-            for (auto& router : routers) {
-                router->close("the pool is shutting down");
-            }
-            governor_->close(PoolError(errc::shutting_down, "the pool is shutting down"));
-        }
+        begin_stop();
         if (on_pool_thread()) {
             return;
         }
@@ -481,23 +478,36 @@ public:
         if (joined_) {
             return;
         }
-        {
-            std::unique_lock lock(core_->mutex);
-            if (!core_->drained.wait_for(lock, options_.shutdown_timeout,
-                                         [&] { return core_->live_workers == 0; })) {
-                core_->logger->warn("stop: {} worker(s) still busy after {} ms; cancelling them",
-                                    core_->live_workers, options_.shutdown_timeout.count());
-            }
+        if (!wait_drained(options_.shutdown_timeout)) {
+            core_->logger->warn("stop: {} worker(s) still busy after {} ms; ending their requests and "
+                                "cancelling them",
+                                live_workers(), options_.shutdown_timeout.count());
+            fail_running_requests();
         }
+        fallback_->stop();
         work_.reset();
         io_->stop();
         for (auto& thread : threads_) {
             thread.join();
         }
+        // No io thread runs now: this thread finishes the io_context's work single-threaded, so emitting the
+        // workers' cancellation signals cannot race with their coroutines.
+        io_thread_ = this;
+        io_->restart();
+        for (auto& signal : core_->running_signals()) {
+            signal->emit(asio::cancellation_type::terminal);
+        }
+        io_->poll();
         blocking_.stop();
         blocking_.join();
-        io_.reset(); // destroys unfinished worker frames: their guards release their memory
+        io_->restart();
+        io_->poll(); // completions the blocking threads posted while finishing
+        io_thread_ = nullptr;
         joined_ = true;
+        if (auto stuck = live_workers(); stuck != 0) {
+            core_->logger->warn("stop: {} worker(s) ignored cancellation; they are destroyed with the pool",
+                                stuck);
+        }
     }
 
 private:
@@ -516,17 +526,63 @@ private:
           governor_(MemoryGovernor::create(options_.memory_limit_mb != 0 ? options_.memory_limit_mb
                                                                          : default_memory_limit_mb())),
           io_(std::make_unique<asio::io_context>(static_cast<int>(options_.io_threads))),
+          fallback_(std::make_shared<detail::fallback_executor>(io_->get_executor())),
           work_(asio::make_work_guard(*io_)),
-          blocking_(options_.blocking_threads != 0
-                        ? options_.blocking_threads
-                        : std::max<std::size_t>(1, std::thread::hardware_concurrency())),
+          blocking_threads_(options_.blocking_threads != 0
+                                ? options_.blocking_threads
+                                : std::max<std::size_t>(1, std::thread::hardware_concurrency())),
+          blocking_(blocking_threads_),
           core_(std::make_shared<detail::pool_core>(detail::call_env{blocking_.get_executor()})) {
-        core_->logger = options_.logger ? options_.logger : default_logger();
+        // options() reports what the pool runs with: fill in every default.
+        options_.logger = options_.logger ? options_.logger : default_logger();
+        options_.clock = clock_;
+        options_.memory_limit_mb = governor_->limit_mb();
+        options_.blocking_threads = blocking_threads_;
+        core_->logger = options_.logger;
         core_->metrics = std::make_shared<detail::pool_metrics>();
         threads_.reserve(options_.io_threads);
         for (std::size_t i = 0; i < options_.io_threads; ++i) {
             threads_.emplace_back([this] { run_io_thread(); });
         }
+    }
+
+    void begin_stop() {
+        if (stopping_.exchange(true, std::memory_order_acq_rel)) {
+            return;
+        }
+        for (auto& router : all_routers()) {
+            router->close("the pool is shutting down");
+        }
+        governor_->close(PoolError(errc::shutting_down, "the pool is shutting down"));
+    }
+
+    std::vector<std::shared_ptr<detail::key_router>> all_routers() const {
+        std::lock_guard lock(registry_mutex_);
+        std::vector<std::shared_ptr<detail::key_router>> routers;
+        routers.reserve(routers_.size());
+        for (const auto& [key, router] : routers_) {
+            routers.push_back(router);
+        }
+        return routers;
+    }
+
+    void fail_running_requests() {
+        PoolError error(errc::shutting_down,
+                        fmt::format("the pool stopped before the request finished (shutdown_timeout {} ms)",
+                                    options_.shutdown_timeout.count()));
+        for (auto& router : all_routers()) {
+            router->fail_running(error);
+        }
+    }
+
+    bool wait_drained(std::chrono::milliseconds timeout) {
+        std::unique_lock lock(core_->mutex);
+        return core_->drained.wait_for(lock, timeout, [&] { return core_->live_workers == 0; });
+    }
+
+    std::size_t live_workers() const {
+        std::lock_guard lock(core_->mutex);
+        return core_->live_workers;
     }
 
     void run_io_thread() {
@@ -613,7 +669,8 @@ private:
     }
 
     template <class Chunk> std::shared_ptr<detail::stream_state<Chunk>> new_stream() {
-        return detail::make_stream_state<Chunk>(io_->get_executor(), options_.stream_capacity);
+        return detail::make_stream_state<Chunk>(std::shared_ptr<const detail::fallback_executor>(fallback_),
+                                                options_.stream_capacity);
     }
 
     inline static thread_local const Pool* io_thread_ = nullptr;
@@ -622,7 +679,9 @@ private:
     std::shared_ptr<Clock> clock_;
     std::shared_ptr<MemoryGovernor> governor_;
     std::unique_ptr<asio::io_context> io_;
+    std::shared_ptr<detail::fallback_executor> fallback_;
     std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work_;
+    std::size_t blocking_threads_;
     asio::thread_pool blocking_;
     std::shared_ptr<detail::pool_core> core_;
     std::vector<std::thread> threads_;

@@ -36,8 +36,11 @@ public:
     stream_state(asio::any_io_executor executor, std::size_t capacity)
         : executor_(std::move(executor)), capacity_(capacity == 0 ? 1 : capacity) {}
 
+    stream_state(std::shared_ptr<const fallback_executor> fallback, std::size_t capacity)
+        : fallback_(std::move(fallback)), capacity_(capacity == 0 ? 1 : capacity) {}
+
     /// The executor used for completions whose handlers have none of their own.
-    const asio::any_io_executor& executor() const noexcept { return executor_; }
+    asio::any_io_executor executor() const { return fallback_ ? fallback_->get() : executor_; }
 
     // ---- producer side
     // -------------------------------------------------------------------------------------
@@ -223,6 +226,7 @@ private:
     }
 
     asio::any_io_executor executor_;
+    std::shared_ptr<const fallback_executor> fallback_;
     std::size_t capacity_;
     std::weak_ptr<stream_state> self_;
     mutable std::mutex mutex_;
@@ -241,8 +245,8 @@ private:
 };
 
 /// Creates a stream state that can hand out weak references to itself.
-template <class Chunk>
-std::shared_ptr<stream_state<Chunk>> make_stream_state(asio::any_io_executor executor, std::size_t capacity) {
+template <class Chunk, class Executor>
+std::shared_ptr<stream_state<Chunk>> make_stream_state(Executor executor, std::size_t capacity) {
     auto state = std::make_shared<stream_state<Chunk>>(std::move(executor), capacity);
     state->set_self(state);
     return state;

@@ -7,9 +7,33 @@
 
 #include "modelpool/asio.hpp"
 
+#include <atomic>
 #include <utility>
 
 namespace modelpool::detail {
+
+/// The executor that completes handlers which have none of their own: the pool's io_context while it runs,
+/// the system executor once the pool has stopped, so that an operation started after (or racing with)
+/// `stop()` still completes instead of being queued on an io_context that no thread runs any more.
+class fallback_executor {
+public:
+    explicit fallback_executor(asio::any_io_executor io) : io_(std::move(io)) {}
+
+    /// The executor to complete on now.
+    [[nodiscard]] asio::any_io_executor get() const {
+        if (stopped_.load(std::memory_order_acquire)) {
+            return asio::system_executor();
+        }
+        return io_;
+    }
+
+    /// From now on, complete on the system executor.
+    void stop() noexcept { stopped_.store(true, std::memory_order_release); }
+
+private:
+    asio::any_io_executor io_;
+    std::atomic<bool> stopped_{false};
+};
 
 template <class T> inline constexpr bool is_erased_handler_v = false;
 template <class... Signatures>

@@ -75,6 +75,13 @@ public:
 
     void fail(const PoolError& error) override { complete(unexpected<PoolError>(error)); }
 
+    /// The slot through which the caller may cancel. Taken from the type-erased handler: erasing a handler
+    /// installs a forwarding object in the caller's slot, so assigning to the caller's slot directly would
+    /// destroy that object behind the erased handler's back.
+    [[nodiscard]] asio::cancellation_slot cancellation_slot() const {
+        return asio::get_associated_cancellation_slot(handler_);
+    }
+
     /// Completes with `cancelled`; false if the request had already ended.
     bool cancel() {
         return complete(

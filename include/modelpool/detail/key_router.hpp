@@ -89,7 +89,7 @@ public:
         if (closed_) {
             return fail(errc::shutting_down, "cannot spawn a worker for '{}': {}", key_, closed_reason_);
         }
-        workers_.emplace(id, worker_entry{.memory_mb = memory_mb});
+        workers_.emplace(id, worker_entry{.memory_mb = memory_mb, .current = nullptr});
         ++state_counts_[static_cast<std::size_t>(WorkerState::spawning)];
         return {};
     }
@@ -154,7 +154,7 @@ public:
         if (!parked_.empty()) {
             auto [id, handler, executor] = std::move(parked_.back());
             parked_.pop_back();
-            transition_locked(id, WorkerState::busy);
+            start_locked(id, job);
             lock.unlock();
             post_completion(std::move(handler), executor, std::move(job));
             return {};
@@ -176,7 +176,7 @@ public:
         std::lock_guard lock(mutex_);
         auto job = pop_locked();
         if (job) {
-            transition_locked(id, WorkerState::busy);
+            start_locked(id, job);
         }
         return job;
     }
@@ -190,7 +190,7 @@ public:
                 job_ptr job = closed_ ? nullptr : pop_locked();
                 if (job || closed_ || !transition_locked(id, WorkerState::idle)) {
                     if (job) {
-                        transition_locked(id, WorkerState::busy);
+                        start_locked(id, job);
                     }
                     lock.unlock();
                     post_completion(std::move(handler), fallback, std::move(job));
@@ -219,6 +219,7 @@ public:
         ++served_;
         if (auto it = workers_.find(id); it != workers_.end()) {
             ++it->second.served;
+            it->second.current.reset();
         }
     }
 
@@ -247,6 +248,23 @@ public:
         }
         for (auto& worker : parked) {
             post_completion(std::move(worker.handler), worker.executor, job_ptr{});
+        }
+    }
+
+    /// Ends every request being served with `error` (their workers' late results are then discarded). Used by
+    /// shutdown once its grace period is over.
+    void fail_running(const PoolError& error) {
+        std::vector<job_ptr> running;
+        {
+            std::lock_guard lock(mutex_);
+            for (auto& [id, entry] : workers_) {
+                if (entry.current) {
+                    running.push_back(entry.current);
+                }
+            }
+        }
+        for (auto& job : running) {
+            job->fail(error);
         }
     }
 
@@ -280,6 +298,7 @@ private:
         WorkerState state = WorkerState::spawning;
         std::size_t memory_mb = 0;
         std::uint64_t served = 0;
+        job_ptr current; // the request being served, so shutdown can answer it
     };
 
     struct parked_worker {
@@ -309,6 +328,13 @@ private:
 
     std::size_t count_locked(WorkerState state) const {
         return state_counts_[static_cast<std::size_t>(state)];
+    }
+
+    void start_locked(WorkerId id, const job_ptr& job) {
+        transition_locked(id, WorkerState::busy);
+        if (auto it = workers_.find(id); it != workers_.end()) {
+            it->second.current = job;
+        }
     }
 
     void erase_locked(WorkerId id) {

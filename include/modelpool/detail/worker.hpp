@@ -25,11 +25,13 @@
 #include <atomic>
 #include <condition_variable>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 namespace modelpool::detail {
 
@@ -41,20 +43,37 @@ struct pool_core {
     std::shared_ptr<pool_metrics> metrics;  ///< Counters.
     call_env env;                           ///< Where blocking model calls run.
 
-    /// Counts worker coroutines that have not finished, so shutdown can wait for them (a gate).
-    void enter() {
+    /// Counts worker coroutines that have not finished, so shutdown can wait for them (a gate), and keeps the
+    /// signal that cancels worker `id` when shutdown gives up waiting.
+    void enter(WorkerId id, std::shared_ptr<asio::cancellation_signal> signal) {
         std::lock_guard lock(mutex);
         ++live_workers;
+        signals.emplace(id, std::move(signal));
     }
-    /// A worker coroutine finished.
-    void leave() {
+
+    /// Worker `id`'s coroutine finished (or its frame was destroyed).
+    void leave(WorkerId id) {
         std::lock_guard lock(mutex);
+        signals.erase(id);
         if (--live_workers == 0) {
             drained.notify_all();
         }
     }
 
-    std::mutex mutex;                ///< Guards live_workers.
+    /// The cancellation signals of the workers still running.
+    std::vector<std::shared_ptr<asio::cancellation_signal>> running_signals() {
+        std::lock_guard lock(mutex);
+        std::vector<std::shared_ptr<asio::cancellation_signal>> out;
+        out.reserve(signals.size());
+        for (auto& [id, signal] : signals) {
+            out.push_back(signal);
+        }
+        return out;
+    }
+
+    std::mutex mutex; ///< Guards live_workers and signals.
+    std::map<WorkerId, std::shared_ptr<asio::cancellation_signal>>
+        signals;                     ///< Running workers' stop signals.
     std::condition_variable drained; ///< Signalled when live_workers reaches 0.
     std::size_t live_workers = 0;    ///< Worker coroutines not yet finished.
 };
@@ -62,24 +81,34 @@ struct pool_core {
 /// The value type a loader's awaitable yields: `result<T>`.
 template <class F> using loader_result_t = typename awaitable_value<std::invoke_result_t<F&>>::type;
 
-/// Leaves the pool's gate when the worker coroutine ends, however it ends (also when its frame is destroyed
-/// unfinished at shutdown).
+/// A worker's place in the pool's gate: taken when the worker is spawned, left when its coroutine frame goes,
+/// however it goes (finished, or destroyed unfinished at shutdown).
 struct gate_ticket {
     std::shared_ptr<pool_core> core;
-    explicit gate_ticket(std::shared_ptr<pool_core> c) : core(std::move(c)) { core->enter(); }
+    WorkerId id;
+    gate_ticket(std::shared_ptr<pool_core> c, WorkerId worker,
+                std::shared_ptr<asio::cancellation_signal> signal)
+        : core(std::move(c)), id(worker) {
+        core->enter(id, std::move(signal));
+    }
     gate_ticket(const gate_ticket&) = delete;
     gate_ticket& operator=(const gate_ticket&) = delete;
-    ~gate_ticket() { core->leave(); }
+    ~gate_ticket() { core->leave(id); }
 };
 
 /// Runs one worker of capability `Cap` with model type `T`, from load to stop. See the file comment.
+/// `ticket` is taken at spawn time, so shutdown waits for a worker even before its coroutine first runs, and
+/// leaves the gate even if the coroutine frame is destroyed unstarted.
 template <class Cap, class T, class F>
 asio::awaitable<void> run_worker(std::shared_ptr<pool_core> core, std::shared_ptr<key_router> router,
-                                 WorkerId id, F loader, AllocationGuard guard) {
-    gate_ticket ticket(core);
+                                 WorkerId id, F loader, AllocationGuard guard,
+                                 std::unique_ptr<gate_ticket> /*ticket: held by the frame*/) {
     // Never run the loader inline inside the spawn call (co_spawn dispatches when called on a pool thread):
     // the spawn function must return at once, whatever the loader does before its first suspension.
     co_await asio::post(co_await asio::this_coro::executor, asio::use_awaitable);
+    // Shutdown cancels a worker to abort what it awaits (a loader's I/O, a model's timer); the worker itself
+    // must then run on to its normal exit, so a cancellation must not make its own next co_await throw.
+    co_await asio::this_coro::throw_if_cancelled(false);
     const auto& key = router->key();
     router->transition(id, WorkerState::loading);
     core->metrics->loader_call();
