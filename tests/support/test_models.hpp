@@ -30,28 +30,30 @@ namespace modelpool::testing {
 
 using namespace std::chrono_literals;
 
-// ---- synchronisation -------------------------------------------------------------------------------------------
+// ---- synchronisation
+// -------------------------------------------------------------------------------------------
 
 /// A one-shot asynchronous event: coroutines (and any other Asio completion) wait until the test opens it.
 /// Thread-safe. Waiters are completed through their own executor, never inline in `open()`.
 ///
-/// Every gate a worker may wait on must be opened before its pool is destroyed (see `OpenOnExit`), otherwise the
-/// pool's `stop()` waits for the blocked worker until `shutdown_timeout`.
+/// Every gate a worker may wait on must be opened before its pool is destroyed (see `OpenOnExit`), otherwise
+/// the pool's `stop()` waits for the blocked worker until `shutdown_timeout`.
 class Gate {
 public:
     /// Completes `token` (signature `void()`) once the gate is open (at once, posted, if it already is).
-    template <class CompletionToken>
-    auto async_wait(CompletionToken&& token) {
+    template <class CompletionToken> auto async_wait(CompletionToken&& token) {
         return asio::async_initiate<CompletionToken, void()>(
             [this](auto handler) {
-                asio::any_io_executor executor = asio::get_associated_executor(handler, asio::system_executor());
+                asio::any_io_executor executor =
+                    asio::get_associated_executor(handler, asio::system_executor());
                 std::unique_lock lock(mutex_);
                 if (open_) {
                     lock.unlock();
                     asio::post(executor, [h = std::move(handler)]() mutable { std::move(h)(); });
                     return;
                 }
-                waiters_.push_back(waiter{asio::any_completion_handler<void()>(std::move(handler)), executor});
+                waiters_.push_back(
+                    waiter{asio::any_completion_handler<void()>(std::move(handler)), executor});
             },
             token);
     }
@@ -102,8 +104,8 @@ private:
     std::vector<std::shared_ptr<Gate>> gates_;
 };
 
-/// Counts arrivals (with a tag each) and lets the test thread wait for a number of them, with a timeout so that
-/// a bug fails the test instead of hanging it. Thread-safe; `arrive` never blocks.
+/// Counts arrivals (with a tag each) and lets the test thread wait for a number of them, with a timeout so
+/// that a bug fails the test instead of hanging it. Thread-safe; `arrive` never blocks.
 class Tally {
 public:
     void arrive(std::int64_t tag = 0) {
@@ -136,7 +138,8 @@ private:
     std::vector<std::int64_t> tags_;
 };
 
-// ---- logging ---------------------------------------------------------------------------------------------------
+// ---- logging
+// ---------------------------------------------------------------------------------------------------
 
 /// A logger whose lines ("level|message") the test can read back.
 class LogCapture {
@@ -153,14 +156,16 @@ public:
     [[nodiscard]] std::vector<std::string> lines() const { return sink_->last_formatted(); }
 
     /// Lines at `level` ("error", "warning", ...) that contain every one of `needles`.
-    [[nodiscard]] std::size_t count(std::string_view level, std::initializer_list<std::string_view> needles) const {
+    [[nodiscard]] std::size_t count(std::string_view level,
+                                    std::initializer_list<std::string_view> needles) const {
         std::size_t n = 0;
         for (const auto& line : lines()) {
             if (line.rfind(std::string(level) + "|", 0) != 0) {
                 continue;
             }
-            if (std::all_of(needles.begin(), needles.end(),
-                            [&](std::string_view needle) { return line.find(needle) != std::string::npos; })) {
+            if (std::all_of(needles.begin(), needles.end(), [&](std::string_view needle) {
+                    return line.find(needle) != std::string::npos;
+                })) {
                 ++n;
             }
         }
@@ -181,16 +186,17 @@ private:
     std::shared_ptr<spdlog::logger> logger_;
 };
 
-// ---- what models record ----------------------------------------------------------------------------------------
+// ---- what models record
+// ----------------------------------------------------------------------------------------
 
 /// Shared by a test and its models: where operations ran and what they saw.
 struct Probe {
-    Tally calls;                              ///< One arrival per model operation, tagged with the instance.
-    std::atomic<int> on_io_thread{0};         ///< Operations that ran on the pool's io thread.
-    std::atomic<int> off_io_thread{0};        ///< Operations that ran elsewhere (the blocking executor).
-    std::thread::id io_thread;                ///< Set by the test before requests are sent.
-    std::atomic<std::size_t> produced{0};     ///< Stream chunks a model sent successfully.
-    Tally stopped;                            ///< A streaming model saw `send` return false and returned.
+    Tally calls;                          ///< One arrival per model operation, tagged with the instance.
+    std::atomic<int> on_io_thread{0};     ///< Operations that ran on the pool's io thread.
+    std::atomic<int> off_io_thread{0};    ///< Operations that ran elsewhere (the blocking executor).
+    std::thread::id io_thread;            ///< Set by the test before requests are sent.
+    std::atomic<std::size_t> produced{0}; ///< Stream chunks a model sent successfully.
+    Tally stopped;                        ///< A streaming model saw `send` return false and returned.
 
     void record_thread() {
         if (std::this_thread::get_id() == io_thread) {
@@ -201,22 +207,25 @@ struct Probe {
     }
 };
 
-// ---- text_embedding --------------------------------------------------------------------------------------------
+// ---- text_embedding
+// --------------------------------------------------------------------------------------------
 
 /// The embedding every fake embedder returns: {instance, kind, input length, task length or -1}.
-inline Embedding fake_embedding(int instance, int kind, std::size_t length, const std::optional<std::string>& task) {
+inline Embedding fake_embedding(int instance, int kind, std::size_t length,
+                                const std::optional<std::string>& task) {
     return {static_cast<float>(instance), static_cast<float>(kind), static_cast<float>(length),
             task ? static_cast<float>(task->size()) : -1.0F};
 }
 
-/// A text_embedding model whose operations are coroutines (they run on the worker's io thread). When `gate` is
-/// set, every call first reports to `probe->calls` and then waits for the gate.
+/// A text_embedding model whose operations are coroutines (they run on the worker's io thread). When `gate`
+/// is set, every call first reports to `probe->calls` and then waits for the gate.
 struct CoroEmbedder {
     int instance = 0;
     std::shared_ptr<Probe> probe;
     std::shared_ptr<Gate> gate;
 
-    asio::awaitable<result<Embedding>> embed(const std::string& text, const std::optional<std::string>& task) {
+    asio::awaitable<result<Embedding>> embed(const std::string& text,
+                                             const std::optional<std::string>& task) {
         if (probe) {
             probe->record_thread();
             probe->calls.arrive(instance);
@@ -279,7 +288,8 @@ struct BlockingEmbedder {
     }
 };
 
-// ---- image_embedding (coroutine) -------------------------------------------------------------------------------
+// ---- image_embedding (coroutine)
+// -------------------------------------------------------------------------------
 
 struct CoroImageEmbedder {
     int instance = 0;
@@ -293,7 +303,8 @@ struct CoroImageEmbedder {
     asio::awaitable<result<Embedding>> embed_image_base64(const std::string& data) {
         co_return fake_embedding(instance, 12, data.size(), std::nullopt);
     }
-    asio::awaitable<result<std::vector<Embedding>>> batch_embed_images(const std::vector<std::string>& paths) {
+    asio::awaitable<result<std::vector<Embedding>>>
+    batch_embed_images(const std::vector<std::string>& paths) {
         std::vector<Embedding> out;
         for (const auto& path : paths) {
             out.push_back(fake_embedding(instance, 13, path.size(), std::nullopt));
@@ -302,7 +313,8 @@ struct CoroImageEmbedder {
     }
 };
 
-// ---- text_to_text (coroutine) ----------------------------------------------------------------------------------
+// ---- text_to_text (coroutine)
+// ----------------------------------------------------------------------------------
 
 /// Sends `params.max_tokens` text chunks "<prompt>#<i>" then final stats; the prompt "call a tool" yields the
 /// three tool-call chunks instead of text. Stops (and reports to `probe->stopped`) when a send returns false.
@@ -343,14 +355,16 @@ struct CoroChat {
     }
 };
 
-// ---- vision (blocking) -----------------------------------------------------------------------------------------
+// ---- vision (blocking)
+// -----------------------------------------------------------------------------------------
 
 /// Writes "<query>@<source>" word by word with `send_blocking` from the blocking executor. The path "endless"
 /// generates (nearly) forever, until the reader goes away.
 struct BlockingVision {
     std::shared_ptr<Probe> probe;
 
-    result<void> describe_image(const std::string& path, const std::string& query, ChunkSink<TextChunk>& sink) {
+    result<void> describe_image(const std::string& path, const std::string& query,
+                                ChunkSink<TextChunk>& sink) {
         return describe("file:" + path, query, path == "endless" ? 1'000'000 : 2, sink);
     }
     result<void> describe_url(const std::string& url, const std::string& query, ChunkSink<TextChunk>& sink) {
@@ -379,7 +393,8 @@ private:
     }
 };
 
-// ---- text_to_image (coroutine) ---------------------------------------------------------------------------------
+// ---- text_to_image (coroutine)
+// ---------------------------------------------------------------------------------
 
 /// Sends `config.steps` progress chunks, then a `width` x `height` RGB image filled with `prompt.size()`.
 struct CoroPainter {
@@ -400,11 +415,11 @@ struct CoroPainter {
     }
 };
 
-// ---- loaders ---------------------------------------------------------------------------------------------------
+// ---- loaders
+// ---------------------------------------------------------------------------------------------------
 
 /// A loader that yields a copy of `model` at once.
-template <class M>
-auto ready_loader(M model) {
+template <class M> auto ready_loader(M model) {
     return [model]() -> asio::awaitable<result<M>> { co_return model; };
 }
 
