@@ -41,8 +41,7 @@ using namespace modelpool::testing;
 using namespace std::chrono_literals;
 using std::chrono::steady_clock;
 
-// ---- options and small helpers
-// ---------------------------------------------------------------------------------
+// ---- options and small helpers ----------------------------------------------------------------------------
 
 PoolOptions test_options(const LogCapture& log) {
     return {.io_threads = 1,
@@ -187,8 +186,7 @@ double ms(steady_clock::duration d) {
     return std::chrono::duration<double, std::milli>(d).count();
 }
 
-// ---- chunks as strings
-// -----------------------------------------------------------------------------------------
+// ---- chunks as strings ------------------------------------------------------------------------------------
 
 std::string show_chunk(const TextChunk& c) {
     return "text:" + c.text;
@@ -263,8 +261,7 @@ template <class Chunk> asio::awaitable<result<Chunks>> drain_awaitable(Stream<Ch
     co_return error;
 }
 
-// ---- the four calling styles
-// -----------------------------------------------------------------------------------
+// ---- the four calling styles ------------------------------------------------------------------------------
 
 constexpr std::array<std::string_view, 4> style_names{"use_awaitable", "use_future", "callback", "deferred"};
 
@@ -416,8 +413,9 @@ TEST_CASE("cold start: two spawns for one key - both loaders awaited concurrentl
     CHECK(std::set<float>{ra->at(0), rb->at(0)} == std::set<float>{1.0F, 2.0F}); // both instances answered
 
     CHECK(loaded.load() == 2);
-    CHECK(loaders_on_io_thread.load() ==
-          2); // loaders run on the pool's io thread: no nested run(), no bridging
+    // Loaders run on the pool's io thread: no nested run(), no future.get(), no block_in_place-style
+    // bridging.
+    CHECK(loaders_on_io_thread.load() == 2);
     const auto metrics = pool.metrics();
     CHECK(metrics.loader_calls == 2);
     CHECK(metrics.workers_spawned == 2);

@@ -30,8 +30,7 @@ namespace modelpool::testing {
 
 using namespace std::chrono_literals;
 
-// ---- synchronisation
-// -------------------------------------------------------------------------------------------
+// ---- synchronisation --------------------------------------------------------------------------------------
 
 /// A one-shot asynchronous event: coroutines (and any other Asio completion) wait until the test opens it.
 /// Thread-safe. Waiters are completed through their own executor, never inline in `open()`.
@@ -138,8 +137,7 @@ private:
     std::vector<std::int64_t> tags_;
 };
 
-// ---- logging
-// ---------------------------------------------------------------------------------------------------
+// ---- logging ----------------------------------------------------------------------------------------------
 
 /// A logger whose lines ("level|message") the test can read back.
 class LogCapture {
@@ -186,8 +184,7 @@ private:
     std::shared_ptr<spdlog::logger> logger_;
 };
 
-// ---- what models record
-// ----------------------------------------------------------------------------------------
+// ---- what models record -----------------------------------------------------------------------------------
 
 /// Shared by a test and its models: where operations ran and what they saw.
 struct Probe {
@@ -207,8 +204,7 @@ struct Probe {
     }
 };
 
-// ---- text_embedding
-// --------------------------------------------------------------------------------------------
+// ---- text_embedding ---------------------------------------------------------------------------------------
 
 /// The embedding every fake embedder returns: {instance, kind, input length, task length or -1}.
 inline Embedding fake_embedding(int instance, int kind, std::size_t length,
@@ -288,8 +284,7 @@ struct BlockingEmbedder {
     }
 };
 
-// ---- image_embedding (coroutine)
-// -------------------------------------------------------------------------------
+// ---- image_embedding (coroutine) --------------------------------------------------------------------------
 
 struct CoroImageEmbedder {
     int instance = 0;
@@ -313,8 +308,7 @@ struct CoroImageEmbedder {
     }
 };
 
-// ---- text_to_text (coroutine)
-// ----------------------------------------------------------------------------------
+// ---- text_to_text (coroutine) -----------------------------------------------------------------------------
 
 /// Sends `params.max_tokens` text chunks "<prompt>#<i>" then final stats; the prompt "call a tool" yields the
 /// three tool-call chunks instead of text. Stops (and reports to `probe->stopped`) when a send returns false.
@@ -355,8 +349,7 @@ struct CoroChat {
     }
 };
 
-// ---- vision (blocking)
-// -----------------------------------------------------------------------------------------
+// ---- vision (blocking) ------------------------------------------------------------------------------------
 
 /// Writes "<query>@<source>" word by word with `send_blocking` from the blocking executor. The path "endless"
 /// generates (nearly) forever, until the reader goes away.
@@ -393,8 +386,7 @@ private:
     }
 };
 
-// ---- text_to_image (coroutine)
-// ---------------------------------------------------------------------------------
+// ---- text_to_image (coroutine) ----------------------------------------------------------------------------
 
 /// Sends `config.steps` progress chunks, then a `width` x `height` RGB image filled with `prompt.size()`.
 struct CoroPainter {
@@ -415,8 +407,7 @@ struct CoroPainter {
     }
 };
 
-// ---- loaders
-// ---------------------------------------------------------------------------------------------------
+// ---- loaders ----------------------------------------------------------------------------------------------
 
 /// A loader that yields a copy of `model` at once.
 template <class M> auto ready_loader(M model) {
