@@ -13,6 +13,8 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include <boost/asio/deferred.hpp>
+#include <boost/asio/experimental/parallel_group.hpp>
 #include <boost/asio/use_future.hpp>
 
 #include <algorithm>
@@ -183,13 +185,20 @@ asio::awaitable<int> run_demo(modelpool::Pool& pool, bool smoke) {
     log.info("request to 'broken' ended with: {}",
              broken ? std::string("a result?!") : broken.error().to_string());
 
-    // A burst of concurrent requests, spread over the two embedding workers.
+    // A burst of concurrent requests, spread over the two embedding workers: deferred operations launched
+    // together and awaited as a group (never a blocking future.get() on the pool's own thread).
     const auto sentences = read_lines(corpus_path);
     const std::size_t burst = smoke ? 32 : 512;
-    std::vector<std::future<result<Embedding>>> pending;
+    using embed_op = decltype(pool.embed("ngram-embed", std::string(), asio::deferred));
+    std::vector<embed_op> ops;
     for (std::size_t i = 0; i < burst; ++i) {
-        pending.push_back(pool.embed("ngram-embed", sentences[i % sentences.size()], asio::use_future));
+        ops.push_back(pool.embed("ngram-embed", sentences[i % sentences.size()], asio::deferred));
     }
+    auto [order, replies] = // order: completion order, unused here
+        co_await asio::experimental::make_parallel_group(std::move(ops))
+            .async_wait(asio::experimental::wait_for_all(), asio::use_awaitable);
+    const auto ok = static_cast<std::size_t>(
+        std::count_if(replies.begin(), replies.end(), [](const auto& r) { return r.has_value(); }));
     auto corpus = co_await pool.batch_embed("ngram-embed", sentences);
     if (!corpus) {
         log.error("batch_embed failed: {}", corpus.error());
@@ -235,12 +244,6 @@ asio::awaitable<int> run_demo(modelpool::Pool& pool, bool smoke) {
         }
     }
 
-    std::size_t ok = 0;
-    for (auto& f : pending) {
-        ok += f.get().has_value()
-                  ? 1
-                  : 0; // ready: the futures completed on this io_context before the stream ended
-    }
     std::printf("burst: %zu of %zu embed requests succeeded\n", ok, burst);
     co_return ok == burst ? 0 : 1;
 }

@@ -1,4 +1,5 @@
-// Tests of the memory governor (modelpool/memory_governor.hpp) and the injectable clocks (modelpool/clock.hpp).
+// Tests of the memory governor (modelpool/memory_governor.hpp) and the injectable clocks
+// (modelpool/clock.hpp).
 //
 // Every asynchronous test runs an io_context in the test thread with poll(), so the order of events is fixed
 // and nothing sleeps. The only real wait is SteadyClock's 1 ms timer.
@@ -103,8 +104,9 @@ TEST_CASE("a guard reserves its memory and releases it exactly once", "[governor
     CHECK(governor->stats().reservations == 0);
 }
 
-TEST_CASE("guards are move-only: moved-from guards are empty, move-assignment releases the old reservation first",
-          "[governor]") {
+TEST_CASE(
+    "guards are move-only: moved-from guards are empty, move-assignment releases the old reservation first",
+    "[governor]") {
     auto governor = MemoryGovernor::create(1000);
     AllocationGuard a = *governor->try_allocate(100, "a");
     AllocationGuard b = *governor->try_allocate(200, "b");
@@ -209,8 +211,8 @@ TEST_CASE("memory_exhausted names the key, the request, the allocated MB and the
         auto too_big = governor->try_allocate(5000, "llama");
         REQUIRE_FALSE(too_big.has_value());
         CHECK(too_big.error().code() == errc::memory_exhausted);
-        CHECK(too_big.error().message() ==
-              "cannot reserve 5000 MB for 'llama': more than the whole 4096 MB limit (3584 of 4096 MB allocated)");
+        CHECK(too_big.error().message() == "cannot reserve 5000 MB for 'llama': more than the whole 4096 MB "
+                                           "limit (3584 of 4096 MB allocated)");
     }
     SECTION("exactly the available memory fits") {
         auto exact = governor->try_allocate(512, "bert");
@@ -336,7 +338,8 @@ TEST_CASE("async_allocate rejects at once what can never succeed", "[governor]")
     CHECK(too_big.outcome->error().message().find("'llama'") != std::string::npos);
 }
 
-TEST_CASE("async_allocate waits in FIFO order: a big waiter is not overtaken by a later small one", "[governor]") {
+TEST_CASE("async_allocate waits in FIFO order: a big waiter is not overtaken by a later small one",
+          "[governor]") {
     asio::io_context ioc;
     auto governor = MemoryGovernor::create(1000);
     auto hold = *governor->try_allocate(900, "hold");
@@ -351,7 +354,8 @@ TEST_CASE("async_allocate waits in FIFO order: a big waiter is not overtaken by 
     };
 
     governor->async_allocate(ioc.get_executor(), 500, "big", record("big"));
-    governor->async_allocate(ioc.get_executor(), 50, "small", record("small")); // would fit in the 100 free MB
+    governor->async_allocate(ioc.get_executor(), 50, "small",
+                             record("small")); // would fit in the 100 free MB
     drain(ioc);
     CHECK(order.empty());
     CHECK(governor->waiting() == 2);
@@ -399,7 +403,8 @@ TEST_CASE("a queued async_allocate is cancelled through its cancellation slot", 
     asio::cancellation_signal signal;
     AllocationProbe big;
     AllocationProbe small;
-    governor->async_allocate(ioc.get_executor(), 500, "big", asio::bind_cancellation_slot(signal.slot(), big.handler()));
+    governor->async_allocate(ioc.get_executor(), 500, "big",
+                             asio::bind_cancellation_slot(signal.slot(), big.handler()));
     governor->async_allocate(ioc.get_executor(), 50, "small", small.handler());
     drain(ioc);
     CHECK_FALSE(big.done());
@@ -581,7 +586,8 @@ TEST_CASE("ManualClock waits are cancelled through their cancellation slot", "[c
     asio::cancellation_signal signal;
     WaitProbe cancelled;
     WaitProbe other;
-    clock.async_wait_for(ioc.get_executor(), 1s, asio::bind_cancellation_slot(signal.slot(), cancelled.handler()));
+    clock.async_wait_for(ioc.get_executor(), 1s,
+                         asio::bind_cancellation_slot(signal.slot(), cancelled.handler()));
     clock.async_wait_for(ioc.get_executor(), 2s, other.handler());
     CHECK(clock.pending_waits() == 2);
 
@@ -592,7 +598,7 @@ TEST_CASE("ManualClock waits are cancelled through their cancellation slot", "[c
     CHECK(cancelled.ec == modelpool::wait_aborted());
     CHECK(cancelled.ec == std::errc::operation_canceled);
 
-    clock.advance(5s); // the cancelled wait is not completed a second time
+    clock.advance(5s);                              // the cancelled wait is not completed a second time
     signal.emit(asio::cancellation_type::terminal); // nor by a late emit
     drain(ioc);
     CHECK(cancelled.calls == 1);
@@ -635,9 +641,8 @@ TEST_CASE("destroying a ManualClock destroys pending handlers without invoking t
     bool invoked = false;
     {
         ManualClock clock;
-        clock.async_wait_for(ioc.get_executor(), 1s, [&invoked, token = std::move(token)](std::error_code) {
-            invoked = true;
-        });
+        clock.async_wait_for(ioc.get_executor(), 1s,
+                             [&invoked, token = std::move(token)](std::error_code) { invoked = true; });
         CHECK_FALSE(observer.expired());
     }
     CHECK(observer.expired());
@@ -654,7 +659,8 @@ TEST_CASE("a coroutine waits on a ManualClock", "[clock]") {
         ioc,
         [&]() -> asio::awaitable<void> {
             // With std::error_code in the signature, use_awaitable returns the code instead of throwing.
-            result = co_await clock.async_wait_for(co_await asio::this_coro::executor, 3s, asio::use_awaitable);
+            result =
+                co_await clock.async_wait_for(co_await asio::this_coro::executor, 3s, asio::use_awaitable);
         },
         asio::detached);
     drain(ioc);
@@ -682,11 +688,13 @@ TEST_CASE("SteadyClock: a short wait completes and cancellation reaches the time
     SECTION("cancelling a 1 h wait completes it at once with operation_aborted") {
         asio::cancellation_signal signal;
         WaitProbe probe;
-        clock->async_wait_for(ioc.get_executor(), 1h, asio::bind_cancellation_slot(signal.slot(), probe.handler()));
+        clock->async_wait_for(ioc.get_executor(), 1h,
+                              asio::bind_cancellation_slot(signal.slot(), probe.handler()));
         drain(ioc);
         CHECK(probe.calls == 0);
         signal.emit(asio::cancellation_type::terminal);
-        ioc.run_for(10s); // without the slot reaching the timer this would time out instead of returning at once
+        ioc.run_for(
+            10s); // without the slot reaching the timer this would time out instead of returning at once
         CHECK(probe.calls == 1);
         CHECK(probe.ec == modelpool::wait_aborted());
     }
@@ -710,7 +718,8 @@ TEST_CASE("completions run on the handler's own executor, also through a type-er
 
     // Bound handlers, and handlers that are already any_completion_handlers (as a pool forwards them): their
     // associated executor is then an any_completion_executor, which Boost 1.81 cannot post to directly.
-    clock.async_wait_for(ioc.get_executor(), 1s, asio::bind_executor(strand, [&](std::error_code) { check(); }));
+    clock.async_wait_for(ioc.get_executor(), 1s,
+                         asio::bind_executor(strand, [&](std::error_code) { check(); }));
     Clock::wait_handler erased_wait(asio::bind_executor(strand, [&](std::error_code) { check(); }));
     clock.async_wait_for(ioc.get_executor(), 1s, std::move(erased_wait));
     governor->async_allocate(ioc.get_executor(), 10, "a",

@@ -43,6 +43,10 @@ struct PoolOptions {
     /// Longest accepted registry key, in bytes. Default 256.
     std::size_t max_key_length = 256;
 
+    /// Deadline of every request, from the call until its reply (queue wait plus service; for streams, the
+    /// wait in the queue). An expired request ends with `timeout` and frees its queue slot. Default 60 s.
+    std::chrono::milliseconds request_timeout{60'000};
+
     /// How long `stop()` lets in-flight requests finish before cancelling the rest. Default 30 s.
     std::chrono::milliseconds shutdown_timeout{30'000};
 
@@ -69,6 +73,10 @@ struct PoolOptions {
         }
         if (max_key_length == 0) {
             return fail(errc::invalid_argument, "max_key_length must be at least 1 (got 0)");
+        }
+        if (request_timeout.count() <= 0) {
+            return fail(errc::invalid_argument, "request_timeout must be positive (got {} ms)",
+                        request_timeout.count());
         }
         if (shutdown_timeout.count() < 0) {
             return fail(errc::invalid_argument, "shutdown_timeout must not be negative (got {} ms)",

@@ -346,7 +346,7 @@ public:
                 auto job = std::make_shared<job_type>(
                     std::move(op), typename job_type::handler_type(std::move(handler)), std::move(executor));
                 job->metrics = core_->metrics;
-                job->enqueued_at = std::chrono::steady_clock::now();
+                stamp(*job);
                 if (auto slot = job->cancellation_slot(); slot.is_connected()) {
                     slot.assign(
                         [weak_job = std::weak_ptr<job_type>(job),
@@ -386,7 +386,7 @@ public:
                 }
                 auto job = std::make_shared<detail::stream_job<Cap, Op>>(std::move(op), state);
                 job->metrics = core_->metrics;
-                job->enqueued_at = std::chrono::steady_clock::now();
+                stamp(*job);
                 if (auto submitted = (*router)->submit(job); !submitted) {
                     job->fail(submitted.error());
                     detail::post_completion(std::move(handler), fallback_->get(),
@@ -655,17 +655,22 @@ private:
                 return fail(errc::no_workers, "no worker for key '{}' ({}): none was ever spawned", key,
                             Cap::name);
             }
-            it = routers_
-                     .emplace(std::string(key), std::make_shared<detail::key_router>(
-                                                    std::string(key), std::type_index(typeid(Cap)), Cap::name,
-                                                    options_.queue_capacity))
-                     .first;
+            auto router = std::make_shared<detail::key_router>(std::string(key), std::type_index(typeid(Cap)),
+                                                               Cap::name, options_.queue_capacity);
+            router->start_sweeper(router, io_->get_executor(), clock_);
+            it = routers_.emplace(std::string(key), std::move(router)).first;
         }
         if (it->second->capability() != std::type_index(typeid(Cap))) {
             return fail(errc::invalid_argument, "key '{}' serves {}, not {}", key,
                         it->second->capability_name(), Cap::name);
         }
         return it->second;
+    }
+
+    /// Sets a new request's enqueue time and deadline from the pool's clock.
+    void stamp(detail::job_base& job) const {
+        job.enqueued_at = clock_->now();
+        job.deadline = Clock::saturating_add(job.enqueued_at, options_.request_timeout);
     }
 
     template <class Chunk> std::shared_ptr<detail::stream_state<Chunk>> new_stream() {

@@ -30,8 +30,15 @@ public:
     /// True once the request has ended (answered, failed or cancelled): a worker skips it.
     [[nodiscard]] virtual bool done() const noexcept { return done_.load(std::memory_order_acquire); }
 
-    /// When the request entered the queue (for queue-wait figures).
+    /// When the request entered the queue (the pool's clock; for queue-wait figures).
     std::chrono::steady_clock::time_point enqueued_at{};
+
+    /// When the request times out (the pool's clock); `time_point::max()` for never.
+    std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
+
+    /// True when the deadline also covers serving (unary requests); false when it covers only the wait in the
+    /// queue (streams, whose generation has its own budget).
+    [[nodiscard]] virtual bool deadline_covers_service() const noexcept { return true; }
 
     /// Where the outcome is counted (set by the pool before submitting).
     std::shared_ptr<pool_metrics> metrics;
@@ -125,6 +132,9 @@ public:
     }
 
     void fail(const PoolError& error) override { finish(unexpected<PoolError>(error)); }
+
+    /// A stream's deadline covers its wait in the queue; once generation starts, the reader paces it.
+    [[nodiscard]] bool deadline_covers_service() const noexcept override { return false; }
 
     /// A request whose reader has gone counts as done: a worker skips it.
     [[nodiscard]] bool done() const noexcept override { return job_base::done() || state_->abandoned(); }

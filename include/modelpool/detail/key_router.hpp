@@ -13,11 +13,13 @@
 #pragma once
 
 #include "modelpool/asio.hpp"
+#include "modelpool/clock.hpp"
 #include "modelpool/detail/completion.hpp"
 #include "modelpool/detail/job.hpp"
 #include "modelpool/error.hpp"
 #include "modelpool/worker_state.hpp"
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <cstdint>
@@ -154,9 +156,13 @@ public:
         if (!parked_.empty()) {
             auto [id, handler, executor] = std::move(parked_.back());
             parked_.pop_back();
+            const bool wake = job->deadline_covers_service() && job->deadline < armed_;
             start_locked(id, job);
             lock.unlock();
             post_completion(std::move(handler), executor, std::move(job));
+            if (wake) {
+                wake_sweeper();
+            }
             return {};
         }
         if (live_locked() == 0) {
@@ -167,7 +173,12 @@ public:
             return fail(errc::overloaded, "queue of '{}' is full ({} of {} requests waiting)", key_,
                         queue_.size(), queue_capacity_);
         }
+        const bool wake = job->deadline < armed_;
         queue_.push_back(std::move(job));
+        lock.unlock();
+        if (wake) {
+            wake_sweeper();
+        }
         return {};
     }
 
@@ -249,6 +260,20 @@ public:
         for (auto& worker : parked) {
             post_completion(std::move(worker.handler), worker.executor, job_ptr{});
         }
+        wake_sweeper();
+    }
+
+    // ---- deadlines
+    // -----------------------------------------------------------------------------------------
+
+    /// Starts the key's deadline sweeper: one coroutine per key (not a timer per request) that sleeps on
+    /// `clock` until the earliest deadline among the key's queued and running requests, and ends each expired
+    /// request with `timeout`. It ends when the router closes. `self` must own this router.
+    void start_sweeper(const std::shared_ptr<key_router>& self, const asio::any_io_executor& io,
+                       std::shared_ptr<Clock> clock) {
+        self_ = self;
+        sweeper_executor_.emplace(asio::make_strand(io));
+        asio::co_spawn(*sweeper_executor_, sweep(self, std::move(clock)), asio::detached);
     }
 
     /// Ends every request being served with `error` (their workers' late results are then discarded). Used by
@@ -330,6 +355,75 @@ private:
         return state_counts_[static_cast<std::size_t>(state)];
     }
 
+    // Interrupts the sweeper's sleep so it recomputes its deadline (or exits once closed). The signal is
+    // emitted on the sweeper's strand, so never concurrently with the sweeper itself.
+    void wake_sweeper() {
+        if (!sweeper_executor_) {
+            return;
+        }
+        asio::post(*sweeper_executor_, [weak = self_] {
+            if (auto self = weak.lock()) {
+                self->wake_.emit(asio::cancellation_type::terminal);
+            }
+        });
+    }
+
+    // Removes expired queued requests and collects expired running ones; returns the earliest deadline left.
+    Clock::time_point expire_locked(Clock::time_point now, std::vector<std::pair<job_ptr, bool>>& expired) {
+        Clock::time_point earliest = Clock::time_point::max();
+        for (auto it = queue_.begin(); it != queue_.end();) {
+            if ((*it)->done()) {
+                it = queue_.erase(it);
+            } else if ((*it)->deadline <= now) {
+                expired.emplace_back(std::move(*it), false);
+                it = queue_.erase(it);
+            } else {
+                earliest = std::min(earliest, (*it)->deadline);
+                ++it;
+            }
+        }
+        for (auto& [id, entry] : workers_) {
+            if (!entry.current || entry.current->done() || !entry.current->deadline_covers_service()) {
+                continue;
+            }
+            if (entry.current->deadline <= now) {
+                expired.emplace_back(entry.current, true);
+            } else {
+                earliest = std::min(earliest, entry.current->deadline);
+            }
+        }
+        return earliest;
+    }
+
+    static asio::awaitable<void> sweep(std::shared_ptr<key_router> self, std::shared_ptr<Clock> clock) {
+        co_await asio::this_coro::throw_if_cancelled(false);
+        auto executor = co_await asio::this_coro::executor;
+        for (;;) {
+            std::vector<std::pair<job_ptr, bool>> expired;
+            Clock::time_point next;
+            const auto now = clock->now();
+            {
+                std::lock_guard lock(self->mutex_);
+                if (self->closed_) {
+                    break;
+                }
+                next = self->expire_locked(now, expired);
+                self->armed_ = next;
+            }
+            for (auto& [job, serving] : expired) {
+                const auto waited =
+                    std::chrono::duration_cast<std::chrono::milliseconds>(now - job->enqueued_at);
+                job->fail(PoolError(
+                    errc::timeout,
+                    fmt::format("request to '{}' timed out after {} ms ({})", self->key_, waited.count(),
+                                serving ? "while a worker served it" : "waiting in the queue")));
+            }
+            // Sleeps until `next`, or until a request with an earlier deadline or close() wakes it.
+            co_await clock->async_wait_until(
+                executor, next, asio::bind_cancellation_slot(self->wake_.slot(), asio::use_awaitable));
+        }
+    }
+
     void start_locked(WorkerId id, const job_ptr& job) {
         transition_locked(id, WorkerState::busy);
         if (auto it = workers_.find(id); it != workers_.end()) {
@@ -377,6 +471,10 @@ private:
     std::map<WorkerId, worker_entry> workers_;
     std::vector<parked_worker> parked_;         // LIFO: the most recently idle worker gets the next request.
     std::array<std::size_t, 8> state_counts_{}; // workers per WorkerState, kept by transition_locked
+    Clock::time_point armed_ = Clock::time_point::max(); // the deadline the sweeper sleeps until
+    std::weak_ptr<key_router> self_;
+    std::optional<asio::strand<asio::any_io_executor>> sweeper_executor_;
+    asio::cancellation_signal wake_; // emitted on the sweeper's strand only
     std::uint64_t served_ = 0;
     bool closed_ = false;
     std::string closed_reason_;
