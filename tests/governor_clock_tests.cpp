@@ -734,3 +734,25 @@ TEST_CASE("completions run on the handler's own executor, also through a type-er
     CHECK(on_strand == 4);
     CHECK(governor->allocated_mb() == 0); // the handlers dropped their guards
 }
+
+TEST_CASE("emitting the caller's signal after a SteadyClock wait completed reaches nothing", "[clock]") {
+    // Regression: the timer used to leave its cancellation handler behind; this emit then touched the freed
+    // timer (AddressSanitizer: heap-use-after-free).
+    asio::io_context io;
+    modelpool::SteadyClock clock;
+    asio::cancellation_signal signal;
+    int completions = 0;
+    std::error_code outcome = std::make_error_code(std::errc::timed_out);
+    clock.async_wait_for(io.get_executor(), std::chrono::milliseconds(1),
+                         asio::bind_cancellation_slot(signal.slot(), [&](std::error_code ec) {
+                             ++completions;
+                             outcome = ec;
+                         }));
+    io.run();
+    CHECK(completions == 1);
+    CHECK_FALSE(outcome);
+    signal.emit(asio::cancellation_type::terminal);
+    io.restart();
+    io.run();
+    CHECK(completions == 1);
+}

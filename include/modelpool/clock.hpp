@@ -159,10 +159,22 @@ protected:
     /// lives exactly as long as the wait, and the clock holds no state. The handler's cancellation slot
     /// reaches the timer's own cancellation through `any_completion_handler`, which forwards it in
     /// Boost 1.81.
+    ///
+    /// The completion clears the handler's cancellation slot first: the timer leaves its cancellation handler
+    /// there when it fires, and a later emit on the caller's signal would otherwise reach the freed timer.
     void do_wait(asio::any_io_executor ex, time_point deadline, wait_handler handler) override {
         auto timer = std::make_shared<asio::steady_timer>(std::move(ex), deadline);
         asio::steady_timer& waiting = *timer;
-        waiting.async_wait(asio::consign(std::move(handler), std::move(timer)));
+        auto slot = handler.get_cancellation_slot();
+        waiting.async_wait(asio::bind_cancellation_slot(
+            slot, asio::consign(
+                      [handler = std::move(handler)](boost::system::error_code ec) mutable {
+                          if (auto own = handler.get_cancellation_slot(); own.is_connected()) {
+                              own.clear();
+                          }
+                          std::move(handler)(std::error_code(ec));
+                      },
+                      std::move(timer))));
     }
 };
 
