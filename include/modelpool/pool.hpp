@@ -494,7 +494,10 @@ public:
         // workers' cancellation signals cannot race with their coroutines.
         io_thread_ = this;
         io_->restart();
-        for (auto& signal : core_->running_signals()) {
+        // Held until the io_context's work is done: co_spawn forwards a cancellation by posting, and the
+        // forwarder uses memory inside the signal even if the worker finishes (and leaves the gate) first.
+        const auto signals = core_->running_signals();
+        for (const auto& signal : signals) {
             signal->emit(asio::cancellation_type::terminal);
         }
         io_->poll();
