@@ -1366,6 +1366,54 @@ TEST_CASE("stop() ends a stream whose coroutine model waits for buffer space and
     check_error(rest, errc::shutting_down);
 }
 
+TEST_CASE("stop() cancelling the workers it waited for is safe when one finishes during the cancellation",
+          "[shutdown]") {
+    // Orders the io queue so that, when stop() gives up waiting and cancels the workers it still counts as
+    // running, the one worker's last step is already queued: it finishes inside stop()'s final poll, before
+    // the cancellation reaches it.
+    LogCapture log;
+    auto gate = std::make_shared<Gate>();
+    auto probe = std::make_shared<Probe>();
+    auto options = test_options(log);
+    options.shutdown_timeout = 20ms;
+    Pool pool(options);
+    OpenOnExit open_gate{gate};
+    REQUIRE(pool.spawn_text_embedding_worker("bert", ready_loader(CoroEmbedder{1, probe, gate}), 8,
+                                             guard_for(pool, "bert", 8)));
+    auto reply = pool.embed("bert", "x", asio::use_future);
+    REQUIRE(probe->calls.wait_for(1)); // the worker waits on the gate
+
+    // 1. Hold the io thread; 2. queue the model's wake-up behind it; 3. queue a second hold that lasts until
+    // stop() has stopped the io_context. Releasing the first hold lets the model return; the worker's next
+    // step is then queued behind the second hold and runs only in stop()'s own poll.
+    std::promise<void> holding;
+    std::promise<void> release;
+    auto released = release.get_future();
+    asio::post(pool.get_executor(), [&] {
+        holding.set_value();
+        released.wait();
+    });
+    holding.get_future().wait();
+    gate->open();
+    asio::post(pool.get_executor(), [&pool] {
+        auto& io = pool.get_executor().context();
+        const auto deadline = steady_clock::now() + 5s;
+        while (!io.stopped() && steady_clock::now() < deadline) {
+            std::this_thread::yield();
+        }
+    });
+    auto stopping = std::async(std::launch::async, [&pool] { pool.stop(); });
+    release.set_value();
+    REQUIRE(stopping.wait_for(10s) == std::future_status::ready);
+    stopping.get();
+
+    auto answered = get(std::move(reply));
+    INFO(show(answered));
+    CHECK(answered.has_value()); // the model returned before the shutdown timeout
+    CHECK(pool.governor().allocated_mb() == 0);
+    CHECK(pool.metrics().workers_stopped == 1);
+}
+
 TEST_CASE(
     "stop() ends a stream whose blocking model waits in send_blocking while the reader holds the stream",
     "[shutdown][stream][blocking]") {
