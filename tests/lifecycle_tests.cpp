@@ -127,3 +127,35 @@ TEST_CASE("request_timeout must be positive", "[deadline][errors]") {
     CHECK(created.error().code() == errc::invalid_argument);
     CHECK(created.error().message().find("request_timeout") != std::string::npos);
 }
+
+namespace {
+/// A coroutine model (it runs on the pool's io thread) that wrongly uses the blocking send.
+struct MisusedSink {
+    asio::awaitable<result<void>> prompt(const std::string&, const GenerationParams&,
+                                         ChunkSink<CompletionChunk>& sink) {
+        TextChunk chunk{"hello"};
+        if (!sink.send_blocking(chunk)) {
+            co_return fail(errc::model_error, "send_blocking refused on the io thread");
+        }
+        co_return result<void>{};
+    }
+};
+} // namespace
+
+TEST_CASE("send_blocking refuses to block a pool io thread", "[stream][blocking]") {
+    LogCapture log;
+    Pool pool({.io_threads = 1, .blocking_threads = 1, .memory_limit_mb = 64, .logger = log.logger()});
+    auto guard = pool.governor().try_allocate(1, "chat");
+    REQUIRE(guard.has_value());
+    REQUIRE(pool.spawn_text_to_text_worker("chat", ready_loader(MisusedSink{}), 1, std::move(*guard)));
+    auto opened = pool.prompt("chat", "hi", {}, asio::use_future);
+    REQUIRE(opened.wait_for(5s) == std::future_status::ready);
+    auto stream = opened.get();
+    REQUIRE(stream.has_value());
+    auto first = stream->async_next(asio::use_future);
+    REQUIRE(first.wait_for(5s) == std::future_status::ready);
+    auto chunk = first.get();
+    REQUIRE_FALSE(chunk.has_value()); // nothing was sent: the stream ends with the model's error
+    CHECK(chunk.error().code() == errc::model_error);
+    CHECK(chunk.error().message().find("refused") != std::string::npos);
+}

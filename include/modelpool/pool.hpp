@@ -492,7 +492,7 @@ public:
         }
         // No io thread runs now: this thread finishes the io_context's work single-threaded, so emitting the
         // workers' cancellation signals cannot race with their coroutines.
-        io_thread_ = this;
+        detail::running_pool = this;
         io_->restart();
         // Held until the io_context's work is done: co_spawn forwards a cancellation by posting, and the
         // forwarder uses memory inside the signal even if the worker finishes (and leaves the gate) first.
@@ -505,7 +505,7 @@ public:
         blocking_.join();
         io_->restart();
         io_->poll(); // completions the blocking threads posted while finishing
-        io_thread_ = nullptr;
+        detail::running_pool = nullptr;
         joined_ = true;
         if (auto stuck = live_workers(); stuck != 0) {
             core_->logger->warn("stop: {} worker(s) ignored cancellation; they are destroyed with the pool",
@@ -589,12 +589,12 @@ private:
     }
 
     void run_io_thread() {
-        io_thread_ = this;
+        detail::running_pool = this;
         io_->run();
-        io_thread_ = nullptr;
+        detail::running_pool = nullptr;
     }
 
-    bool on_pool_thread() const noexcept { return io_thread_ == this; }
+    bool on_pool_thread() const noexcept { return detail::running_pool == this; }
 
     static std::shared_ptr<spdlog::logger> default_logger() {
         auto logger = std::make_shared<spdlog::logger>(
@@ -680,8 +680,6 @@ private:
         return detail::make_stream_state<Chunk>(std::shared_ptr<const detail::fallback_executor>(fallback_),
                                                 options_.stream_capacity);
     }
-
-    inline static thread_local const Pool* io_thread_ = nullptr;
 
     PoolOptions options_;
     std::shared_ptr<Clock> clock_;

@@ -95,7 +95,11 @@ public:
     }
 
     /// Blocks the calling (blocking-executor) thread until `chunk` is buffered or the reader has gone.
+    /// Refuses (returns false at once) on a pool io thread, which must never block.
     bool send_blocking(Chunk chunk) {
+        if (on_pool_io_thread()) {
+            return false;
+        }
         for (;;) {
             switch (try_send(chunk)) {
             case send_status::sent:
@@ -350,8 +354,9 @@ public:
             token, state_, Chunk(std::forward<Value>(value)));
     }
 
-    /// Sends `chunk` from a blocking thread, blocking it while the buffer is full. Never call this on an
-    /// io_context thread (use `send`). Returns false if the reader has gone away.
+    /// Sends `chunk` from a blocking thread, blocking it while the buffer is full. Returns false if the
+    /// reader has gone away, and at once, without sending, when called on a pool's io thread (use `send`
+    /// there).
     bool send_blocking(Chunk chunk) { return state_->send_blocking(std::move(chunk)); }
 
     /// True once the reader has gone: stop generating.

@@ -12,6 +12,15 @@
 
 namespace modelpool::detail {
 
+/// The pool whose io_context the current thread is running (null elsewhere). Blocking waits check it: a pool
+/// thread must never block.
+inline thread_local const void* running_pool = nullptr;
+
+/// True on a thread that runs some pool's io_context.
+inline bool on_pool_io_thread() noexcept {
+    return running_pool != nullptr;
+}
+
 /// The executor that completes handlers which have none of their own: the pool's io_context while it runs,
 /// the system executor once the pool has stopped, so that an operation started after (or racing with)
 /// `stop()` still completes instead of being queued on an io_context that no thread runs any more.
