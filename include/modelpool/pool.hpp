@@ -500,11 +500,11 @@ public:
         for (const auto& signal : signals) {
             signal->emit(asio::cancellation_type::terminal);
         }
-        io_->poll();
+        io_->poll(); // allowed-blocking: on the stopping thread, after the io threads were joined
         blocking_.stop();
         blocking_.join();
         io_->restart();
-        io_->poll(); // completions the blocking threads posted while finishing
+        io_->poll(); // allowed-blocking: the same; completions the blocking threads posted while finishing
         detail::running_pool = nullptr;
         joined_ = true;
         if (auto stuck = live_workers(); stuck != 0) {
@@ -580,6 +580,7 @@ private:
 
     bool wait_drained(std::chrono::milliseconds timeout) {
         std::unique_lock lock(core_->mutex);
+        // allowed-blocking: stop() runs this only off the pool threads (see on_pool_thread()).
         return core_->drained.wait_for(lock, timeout, [&] { return core_->live_workers == 0; });
     }
 
@@ -590,7 +591,7 @@ private:
 
     void run_io_thread() {
         detail::running_pool = this;
-        io_->run();
+        io_->run(); // allowed-blocking: the io thread's own event loop, not a nested one
         detail::running_pool = nullptr;
     }
 

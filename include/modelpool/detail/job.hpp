@@ -62,7 +62,7 @@ private:
 template <class Cap> class job : public job_base {
 public:
     /// Serves the request with the worker's model and completes it.
-    virtual asio::awaitable<void> run(const invoker<Cap>& model) = 0;
+    virtual asio::awaitable<void> serve(const invoker<Cap>& model) = 0;
 };
 
 /// A request with one reply, completing the caller's handler.
@@ -75,7 +75,7 @@ public:
     unary_job(Op op, handler_type handler, asio::any_io_executor executor)
         : op_(std::move(op)), handler_(std::move(handler)), fallback_(std::move(executor)) {}
 
-    asio::awaitable<void> run(const invoker<Cap>& model) override {
+    asio::awaitable<void> serve(const invoker<Cap>& model) override {
         auto outcome = co_await model.call(op_);
         complete(std::move(outcome));
     }
@@ -121,7 +121,7 @@ public:
 
     stream_job(Op op, std::shared_ptr<state_type> state) : op_(std::move(op)), state_(std::move(state)) {}
 
-    asio::awaitable<void> run(const invoker<Cap>& model) override {
+    asio::awaitable<void> serve(const invoker<Cap>& model) override {
         if (state_->abandoned()) {
             // The reader left while the request waited: do not start generating.
             finish(modelpool::fail(errc::cancelled, "{} stream was abandoned before it started", Op::name));

@@ -152,7 +152,7 @@ asio::awaitable<void> run_worker(std::shared_ptr<pool_core> core, std::shared_pt
             if (!job) {
                 break;
             }
-            co_await static_cast<detail::job<Cap>&>(*job).run(calls);
+            co_await static_cast<detail::job<Cap>&>(*job).serve(calls);
             router->request_served(id);
         }
     } // the model is destroyed before its memory is released
