@@ -69,16 +69,16 @@ struct config {
     std::vector<std::size_t> cold_ks{16, 256, 1024}; // workers per cold start
     std::chrono::milliseconds load_time{50};         // each loader's async wait
     std::size_t cold_reps = 3;                       // modelpool cold starts per K (the seed runs once)
-    std::size_t reps = 3;                            // repetitions of every other timed figure (median)
+    std::size_t reps = 7;                            // repetitions of every other timed figure (median)
     std::size_t workers = 4;                         // workers serving the request-overhead case
     std::size_t sequential_requests = 20000;         // 1 client
     std::size_t clients = 64;                        // concurrent clients
     std::size_t per_client = 500;                    // requests per concurrent client
-    std::vector<std::size_t> routing_ks{1, 16, 256, 4096};
+    std::vector<std::size_t> routing_ks{1, 16, 64, 256, 4096}; // 64: as many workers as concurrent clients
     std::size_t routing_requests = 20000;
     std::size_t idle_workers = 10000;
     std::size_t idle_threads = 1000;
-    std::size_t stream_chunks = 100000;
+    std::size_t stream_chunks = 200000;
     std::size_t compile_reps = 2;
     bool compile_syntax_only = false;
 
@@ -127,6 +127,17 @@ void add(row r) {
 
 std::string goal_status(bool met) {
     return met ? "met" : "missed";
+}
+
+/// A row without a goal (a baseline's figure, or a figure given for context).
+row info_row(std::string case_id, std::string variant, std::string figure, double value, std::string unit) {
+    row r;
+    r.case_id = std::move(case_id);
+    r.variant = std::move(variant);
+    r.figure = std::move(figure);
+    r.value = value;
+    r.unit = std::move(unit);
+    return r;
 }
 
 // ---- measurement helpers -------------------------------------------------------------------------------
@@ -304,14 +315,18 @@ struct heartbeat {
         return ticks.size();
     }
 
-    /// Stops it and returns the lateness (ms) of the ticks due inside [from, to].
+    /// Stops it and returns the lateness (ms) of the ticks that were waiting to fire at some time inside
+    /// [from, to]: due before `to` and fired after `from` (a tick due before the window but held up by it
+    /// counts; on a blocked loop that may be the only tick).
     std::vector<double> finish(steady::time_point from, steady::time_point to) {
         stop = true;
         done.get();
         std::vector<double> out;
         std::lock_guard lock(mutex);
         for (const auto& [due, late] : ticks) {
-            if (due >= from && due <= to) {
+            const auto fired = due + std::chrono::duration_cast<steady::duration>(
+                                         std::chrono::duration<double, std::milli>(late));
+            if (due <= to && fired >= from) {
                 out.push_back(late);
             }
         }
@@ -383,16 +398,43 @@ cold_run cold_start_seed(std::size_t k, std::chrono::milliseconds load) {
     return cold_run{us_between(t0, t1) / 1000.0, hb.finish(t0, t1)};
 }
 
+/// The lateness of the same heartbeat on a pool whose loop has nothing else to do: the machine's own noise.
+std::vector<double> lateness_control(std::chrono::milliseconds window) {
+    heartbeat hb;
+    auto pool = make_pool();
+    hb.start(pool->get_executor());
+    const auto t0 = steady::now();
+    std::this_thread::sleep_for(window);
+    const auto t1 = steady::now();
+    auto lateness = hb.finish(t0, t1);
+    pool->stop();
+    return lateness;
+}
+
+void add_lateness(const std::string& variant, const std::string& what, const std::vector<double>& lateness) {
+    const std::string suffix = ", " + what + " (" + std::to_string(lateness.size()) + " ticks)";
+    add(info_row("loop_lateness", variant, "p50 lateness" + suffix, percentile(lateness, 50), "ms"));
+    add(info_row("loop_lateness", variant, "max lateness" + suffix, percentile(lateness, 100), "ms"));
+}
+
 void case_cold_start(const config& cfg) {
     std::fprintf(
         stderr, "cold_start + loop_lateness (load %lld ms, pool on one io thread, seed on a 2-thread pool)\n",
         static_cast<long long>(cfg.load_time.count()));
     const double load_ms = static_cast<double>(cfg.load_time.count());
+    {
+        auto control = lateness_control(cfg.load_time * cfg.cold_reps);
+        const double p99 = percentile(control, 99);
+        add_lateness("idle loop (control)", "no load", control);
+        add(info_row("loop_lateness", "idle loop (control)",
+                     "p99 lateness, no load (" + std::to_string(control.size()) + " ticks)", p99, "ms"));
+    }
     for (std::size_t k : cfg.cold_ks) {
         std::vector<double> times;
         std::vector<double> lateness;
         for (std::size_t r = 0; r < cfg.cold_reps; ++r) {
             auto run = cold_start_modelpool(k, cfg.load_time);
+            std::fprintf(stderr, "    modelpool K=%zu: %.2f ms\n", k, run.ms);
             times.push_back(run.ms);
             lateness.insert(lateness.end(), run.lateness_ms.begin(), run.lateness_ms.end());
         }
@@ -401,7 +443,7 @@ void case_cold_start(const config& cfg) {
         const std::string ks = "K=" + std::to_string(k);
         const bool largest = k == cfg.cold_ks.back();
         const bool goal_k = k == 1024;
-        add({"cold_start", "seed pattern", "time to " + ks + " ready", seed.ms, "ms", {}, "", "", ""});
+        add(info_row("cold_start", "seed pattern", "time to " + ks + " ready", seed.ms, "ms"));
         add({"cold_start", "modelpool", "time to " + ks + " ready", pool_ms, "ms", pool_ms / load_ms,
              "modelpool / one load (50 ms)", goal_k ? "< 2" : "",
              goal_k ? goal_status(pool_ms < 2 * load_ms) : ""});
@@ -411,30 +453,14 @@ void case_cold_start(const config& cfg) {
 
         const double p99 = percentile(lateness, 99);
         const double seed_p99 = percentile(seed.lateness_ms, 99);
-        for (auto [name, p] : {std::pair{"p50", 50.0}, std::pair{"p99", 99.0}, std::pair{"max", 100.0}}) {
-            add({"loop_lateness",
-                 "seed pattern",
-                 std::string(name) + " lateness, " + ks,
-                 percentile(seed.lateness_ms, p),
-                 "ms",
-                 {},
-                 "",
-                 "",
-                 ""});
-        }
-        for (auto [name, p] : {std::pair{"p50", 50.0}, std::pair{"max", 100.0}}) {
-            add({"loop_lateness",
-                 "modelpool",
-                 std::string(name) + " lateness, " + ks,
-                 percentile(lateness, p),
-                 "ms",
-                 {},
-                 "",
-                 "",
-                 ""});
-        }
+        add_lateness("seed pattern", ks + " loading", seed.lateness_ms);
+        add(info_row("loop_lateness", "seed pattern",
+                     "p99 lateness, " + ks + " loading (" + std::to_string(seed.lateness_ms.size()) +
+                         " ticks)",
+                     seed_p99, "ms"));
+        add_lateness("modelpool", ks + " loading", lateness);
         add({"loop_lateness", "modelpool",
-             "p99 lateness, " + ks + " (" + std::to_string(lateness.size()) + " ticks)", p99, "ms",
+             "p99 lateness, " + ks + " loading (" + std::to_string(lateness.size()) + " ticks)", p99, "ms",
              p99 > 0 ? std::optional<double>(seed_p99 / p99) : std::nullopt, "seed p99 / modelpool p99",
              largest ? "p99 < 2 ms" : "", largest ? goal_status(p99 < 2.0) : ""});
     }
@@ -446,6 +472,7 @@ struct load_run {
     double seconds = 0;
     std::size_t requests = 0;
     std::vector<double> latency_us;
+    double rps() const { return static_cast<double>(requests) / seconds; }
 };
 
 asio::awaitable<void> pool_client(modelpool::Pool& pool, std::string key, std::size_t n,
@@ -551,22 +578,26 @@ load_run tpw_load(bench::thread_per_worker<blocking_noop_embedder>& tpw, std::si
     return {us_between(t0, t1) / 1e6, clients * per_client, concat(latency)};
 }
 
-struct load_summary {
-    double rps = 0;
-    double p50 = 0;
-    double p99 = 0;
-};
-
-load_summary summarize(const std::vector<load_run>& runs) {
+/// Per-repetition figures of one variant.
+struct load_series {
     std::vector<double> rps;
     std::vector<double> p50;
     std::vector<double> p99;
-    for (const auto& r : runs) {
-        rps.push_back(static_cast<double>(r.requests) / r.seconds);
+    void add(const load_run& r) {
+        rps.push_back(r.rps());
         p50.push_back(percentile(r.latency_us, 50));
         p99.push_back(percentile(r.latency_us, 99));
     }
-    return {median(rps), median(p50), median(p99)};
+};
+
+/// The median over repetitions of a[i] / b[i]: each ratio divides two figures measured one right after the
+/// other, so slow drifts of the machine's load cancel out.
+double median_ratio(const std::vector<double>& a, const std::vector<double>& b) {
+    std::vector<double> ratios;
+    for (std::size_t i = 0; i < a.size() && i < b.size(); ++i) {
+        ratios.push_back(a[i] / b[i]);
+    }
+    return median(ratios);
 }
 
 void case_request_overhead(const config& cfg) {
@@ -589,35 +620,49 @@ void case_request_overhead(const config& cfg) {
     };
     for (const shape& s : {shape{1, cfg.sequential_requests, "1 client"},
                            shape{cfg.clients, cfg.per_client, std::to_string(cfg.clients) + " clients"}}) {
-        std::vector<load_run> p;
-        std::vector<load_run> f;
-        std::vector<load_run> t;
+        load_series p;
+        load_series f;
+        load_series t;
         for (std::size_t r = 0; r < cfg.reps; ++r) { // interleaved, so drift hits every variant alike
-            p.push_back(pool_load(*pool, "noop", s.clients, s.per_client));
-            f.push_back(floor.run(s.clients, s.per_client));
-            t.push_back(tpw_load(tpw, s.clients, s.per_client));
+            p.add(pool_load(*pool, "noop", s.clients, s.per_client));
+            f.add(floor.run(s.clients, s.per_client));
+            t.add(tpw_load(tpw, s.clients, s.per_client));
+            std::fprintf(stderr,
+                         "    %s rep %zu: req/s modelpool %.0f, floor %.0f, thread per worker %.0f; p50 us "
+                         "%.3f, %.3f, %.3f\n",
+                         s.name.c_str(), r, p.rps.back(), f.rps.back(), t.rps.back(), p.p50.back(),
+                         f.p50.back(), t.p50.back());
         }
-        const auto ps = summarize(p);
-        const auto fs = summarize(f);
-        const auto ts = summarize(t);
         const bool one = s.clients == 1;
-        for (auto [variant, st] : {std::pair{"floor (channel)", fs}, std::pair{"thread per worker", ts}}) {
-            add({"request_overhead", variant, s.name + ": requests/s", st.rps, "req/s", {}, "", "", ""});
-            add({"request_overhead", variant, s.name + ": p50 latency", st.p50, "us", {}, "", "", ""});
-            add({"request_overhead", variant, s.name + ": p99 latency", st.p99, "us", {}, "", "", ""});
+        for (auto [variant, st] : {std::pair{"floor (channel)", &f}, std::pair{"thread per worker", &t}}) {
+            add(info_row("request_overhead", variant, s.name + ": requests/s", median(st->rps), "req/s"));
+            add(info_row("request_overhead", variant, s.name + ": p50 latency", median(st->p50), "us"));
+            add(info_row("request_overhead", variant, s.name + ": p99 latency", median(st->p99), "us"));
         }
-        add({"request_overhead", "modelpool", s.name + ": requests/s", ps.rps, "req/s",
-             one ? fs.rps / ps.rps : ps.rps / ts.rps,
-             one ? "floor req/s / modelpool req/s" : "modelpool req/s / thread-per-worker req/s",
-             one ? "<= 2" : ">= 3",
-             one ? goal_status(fs.rps / ps.rps <= 2) : goal_status(ps.rps / ts.rps >= 3)});
-        add({"request_overhead", "modelpool", s.name + ": p50 latency", ps.p50, "us", ps.p50 / fs.p50,
-             "modelpool p50 / floor p50", one ? "<= 2" : "", one ? goal_status(ps.p50 / fs.p50 <= 2) : ""});
-        add({"request_overhead", "modelpool", s.name + ": p99 latency", ps.p99, "us", ps.p99 / fs.p99,
-             "modelpool p99 / floor p99", "", ""});
-        add({"request_overhead", "modelpool", s.name + ": req/s vs thread per worker", ps.rps / ts.rps, "x",
-             ps.rps / ts.rps, "modelpool req/s / thread-per-worker req/s", one ? "" : ">= 3",
-             one ? "" : goal_status(ps.rps / ts.rps >= 3)});
+        const double vs_floor_rps = median_ratio(f.rps, p.rps); // > 1: modelpool is slower than the floor
+        const double vs_tpw_rps = median_ratio(p.rps, t.rps);   // > 1: modelpool is faster
+        const double vs_floor_p50 = median_ratio(p.p50, f.p50);
+        if (one) {
+            add({"request_overhead", "modelpool", s.name + ": requests/s", median(p.rps), "req/s",
+                 vs_floor_rps, "floor req/s / modelpool req/s", "<= 2", goal_status(vs_floor_rps <= 2)});
+            add({"request_overhead", "modelpool", s.name + ": p50 latency", median(p.p50), "us", vs_floor_p50,
+                 "modelpool p50 / floor p50", "<= 2", goal_status(vs_floor_p50 <= 2)});
+        } else {
+            add({"request_overhead", "modelpool", s.name + ": requests/s", median(p.rps), "req/s", vs_tpw_rps,
+                 "modelpool req/s / thread-per-worker req/s", ">= 3", goal_status(vs_tpw_rps >= 3)});
+            add({"request_overhead", "modelpool", s.name + ": p50 latency", median(p.p50), "us", vs_floor_p50,
+                 "modelpool p50 / floor p50", "", ""});
+        }
+        add({"request_overhead", "modelpool", s.name + ": p99 latency", median(p.p99), "us",
+             median_ratio(p.p99, f.p99), "modelpool p99 / floor p99", "", ""});
+        if (one) {
+            add({"request_overhead", "modelpool", s.name + ": req/s vs thread per worker", vs_tpw_rps, "x",
+                 vs_tpw_rps, "modelpool req/s / thread-per-worker req/s", "", ""});
+        } else {
+            const double r = median_ratio(p.rps, f.rps);
+            add({"request_overhead", "modelpool", s.name + ": req/s vs floor", r, "x", r,
+                 "modelpool req/s / floor req/s", "", ""});
+        }
     }
     pool->stop();
 }
@@ -643,22 +688,34 @@ void case_routing_scale(const config& cfg) {
             sequential[i].push_back(seq.seconds * 1e6 / static_cast<double>(seq.requests));
             auto par = pool_load(*pools[i], "route", cfg.clients, per_client);
             concurrent[i].push_back(par.seconds * 1e6 / static_cast<double>(par.requests));
+            std::fprintf(stderr, "    rep %zu K=%zu: 1 client %.3f us, %zu clients %.3f us per request\n", r,
+                         cfg.routing_ks[i], sequential[i].back(), cfg.clients, concurrent[i].back());
         }
     }
-    const double base_seq = median(sequential[0]);
-    const double base_par = median(concurrent[0]);
+    std::optional<std::size_t> at_clients; // index of K == clients: as many workers as concurrent clients
+    for (std::size_t i = 0; i < pools.size(); ++i) {
+        if (cfg.routing_ks[i] == cfg.clients) {
+            at_clients = i;
+        }
+    }
     for (std::size_t i = 0; i < pools.size(); ++i) {
         const std::size_t k = cfg.routing_ks[i];
         const bool last = i + 1 == pools.size() && k == 4096;
-        const double seq = median(sequential[i]);
-        const double par = median(concurrent[i]);
-        add({"routing_scale", "modelpool", "1 client, K=" + std::to_string(k) + ": per request", seq, "us",
-             seq / base_seq, "cost(K) / cost(K=1)", last ? "<= 1.3" : "",
-             last ? goal_status(seq / base_seq <= 1.3) : ""});
+        const double seq_ratio = median_ratio(sequential[i], sequential[0]);
+        const double par_ratio = median_ratio(concurrent[i], concurrent[0]);
+        add({"routing_scale", "modelpool", "1 client, K=" + std::to_string(k) + ": per request",
+             median(sequential[i]), "us", seq_ratio, "cost(K) / cost(K=1)", last ? "<= 1.3" : "",
+             last ? goal_status(seq_ratio <= 1.3) : ""});
         add({"routing_scale", "modelpool",
-             std::to_string(cfg.clients) + " clients, K=" + std::to_string(k) + ": per request", par, "us",
-             par / base_par, "cost(K) / cost(K=1)", last ? "<= 1.3" : "",
-             last ? goal_status(par / base_par <= 1.3) : ""});
+             std::to_string(cfg.clients) + " clients, K=" + std::to_string(k) + ": per request",
+             median(concurrent[i]), "us", par_ratio, "cost(K) / cost(K=1)", last ? "<= 1.3" : "",
+             last ? goal_status(par_ratio <= 1.3) : ""});
+        if (last && at_clients) {
+            const double r = median_ratio(concurrent[i], concurrent[*at_clients]);
+            add({"routing_scale", "modelpool",
+                 std::to_string(cfg.clients) + " clients, K=4096 vs K=" + std::to_string(cfg.clients), r, "x",
+                 r, "cost(K=4096) / cost(K=" + std::to_string(cfg.clients) + ")", "", ""});
+        }
     }
     for (auto& p : pools) {
         p->stop();
@@ -820,12 +877,12 @@ void case_streaming(const config& cfg) {
     for (std::size_t r = 0; r < cfg.reps; ++r) {
         p.push_back(stream_modelpool(*pool, cfg.stream_chunks));
         f.push_back(stream_floor(cfg.stream_chunks, pool->options().stream_capacity));
+        std::fprintf(stderr, "    rep %zu: modelpool %.0f chunks/s, floor %.0f\n", r, p.back(), f.back());
     }
-    const double ps = median(p);
-    const double fs = median(f);
-    add({"streaming", "floor (channel)", "chunks/s", fs, "chunk/s", {}, "", "", ""});
-    add({"streaming", "modelpool", "chunks/s", ps, "chunk/s", ps / fs, "modelpool / floor", ">= 0.5",
-         goal_status(ps / fs >= 0.5)});
+    const double ratio = median_ratio(p, f);
+    add(info_row("streaming", "floor (channel)", "chunks/s", median(f), "chunk/s"));
+    add({"streaming", "modelpool", "chunks/s", median(p), "chunk/s", ratio, "modelpool / floor", ">= 0.5",
+         goal_status(ratio >= 0.5)});
     pool->stop();
 }
 
@@ -870,6 +927,15 @@ int main() {
     io.run();
     spdlog::info("done {}", value);
     return value == 42 ? 0 : 1;
+}
+)";
+
+constexpr const char* include_only_tu = "#include <modelpool/modelpool.hpp>\nint main() {}\n";
+
+constexpr const char* pool_only_tu = R"(#include <modelpool/modelpool.hpp>
+int main() {
+    modelpool::Pool pool({.io_threads = 1, .memory_limit_mb = 1024});
+    pool.stop();
 }
 )";
 
@@ -926,15 +992,72 @@ void case_compile_time(const config& cfg) {
         mp_cpu.push_back(m.cpu);
         mp_wall.push_back(m.wall);
     }
+    const double ratio = median_ratio(mp_cpu, as_cpu);
+    const std::string cpu =
+        cfg.compile_syntax_only ? "compiler CPU time (-fsyntax-only)" : "compiler CPU time";
+    add(info_row("compile_time", "asio.hpp + spdlog", cpu, median(as_cpu), "s"));
+    add(info_row("compile_time", "asio.hpp + spdlog", "wall time", median(as_wall), "s"));
+    add({"compile_time", "modelpool.hpp + 1 worker", cpu, median(mp_cpu), "s", ratio,
+         "modelpool / asio + spdlog", "<= 1.5", goal_status(ratio <= 1.5)});
+    const double wall_ratio = median_ratio(mp_wall, as_wall);
+    add({"compile_time", "modelpool.hpp + 1 worker", "wall time", median(mp_wall), "s", wall_ratio,
+         "modelpool / asio + spdlog", "", ""});
+    if (!cfg.quick) {
+        // Where the time goes (one compile each): the headers alone, then a Pool without workers.
+        std::ofstream(dir / "include_only.cpp") << include_only_tu;
+        std::ofstream(dir / "pool_only.cpp") << pool_only_tu;
+        const auto inc = compile_once(compile_command(cfg, dir / "include_only.cpp"));
+        const auto pool = compile_once(compile_command(cfg, dir / "pool_only.cpp"));
+        add({"compile_time", "modelpool.hpp, empty main", "compiler CPU time", inc.cpu, "s",
+             inc.cpu / median(as_cpu), "this / asio + spdlog", "", ""});
+        add({"compile_time", "modelpool.hpp + Pool, no worker", "compiler CPU time", pool.cpu, "s",
+             pool.cpu / median(as_cpu), "this / asio + spdlog", "", ""});
+    }
     std::filesystem::remove_all(dir);
-    const double a = median(as_cpu);
-    const double m = median(mp_cpu);
-    add({"compile_time", "asio.hpp + spdlog", "compiler CPU time", a, "s", {}, "", "", ""});
-    add({"compile_time", "asio.hpp + spdlog", "wall time", median(as_wall), "s", {}, "", "", ""});
-    add({"compile_time", "modelpool.hpp + 1 worker", "compiler CPU time", m, "s", m / a,
-         "modelpool / asio + spdlog", "<= 1.5", goal_status(m / a <= 1.5)});
-    add({"compile_time", "modelpool.hpp + 1 worker", "wall time", median(mp_wall), "s",
-         median(mp_wall) / median(as_wall), "modelpool / asio + spdlog", "", ""});
+}
+
+// ---- profiling entry point ---------------------------------------------------------------------------
+
+/// `--profile WHAT N`: runs one variant of one case N times and nothing else, for
+/// `valgrind --tool=callgrind` (bench/profile.sh runs it at two N and divides the difference, so set-up
+/// costs cancel out). WHAT: request_pool, request_floor, concurrent_pool, concurrent_floor,
+/// routing1:K, routing64:K, stream_pool, stream_floor.
+int profile(const std::string& what, std::size_t n) {
+    const config cfg = config::make(false);
+    auto pool_with = [](std::size_t k) {
+        auto pool = make_pool();
+        spawn_embedders(*pool, "p", k, instant_loader());
+        wait_workers(*pool, "p", k, true);
+        return pool;
+    };
+    if (what == "request_pool") {
+        pool_load(*pool_with(cfg.workers), "p", 1, n);
+    } else if (what == "concurrent_pool") {
+        pool_load(*pool_with(cfg.workers), "p", cfg.clients, n / cfg.clients);
+    } else if (what == "request_floor") {
+        floor_rig(cfg.workers).run(1, n);
+    } else if (what == "concurrent_floor") {
+        floor_rig(cfg.workers).run(cfg.clients, n / cfg.clients);
+    } else if (what.rfind("routing1:", 0) == 0) {
+        pool_load(*pool_with(std::stoul(what.substr(9))), "p", 1, n);
+    } else if (what.rfind("routing64:", 0) == 0) {
+        pool_load(*pool_with(std::stoul(what.substr(10))), "p", cfg.clients, n / cfg.clients);
+    } else if (what == "stream_pool") {
+        auto pool = make_pool();
+        auto loader = []() -> asio::awaitable<result<chunk_generator>> { co_return chunk_generator{}; };
+        auto guard = pool->governor().try_allocate(1, "gen");
+        if (!guard || !pool->spawn_text_to_text_worker("gen", loader, 1, std::move(*guard))) {
+            return 1;
+        }
+        wait_workers(*pool, "gen", 1, true);
+        stream_modelpool(*pool, n);
+    } else if (what == "stream_floor") {
+        stream_floor(n, 16);
+    } else {
+        std::fprintf(stderr, "unknown profile target %s\n", what.c_str());
+        return 2;
+    }
+    return 0;
 }
 
 // ---- output --------------------------------------------------------------------------------------------
@@ -1068,6 +1191,8 @@ int main(int argc, char** argv) {
             const std::string arg = argv[i];
             if (arg == "--child-memory" && i + 2 < argc) {
                 return child_memory(argv[i + 1], std::stoul(argv[i + 2]));
+            } else if (arg == "--profile" && i + 2 < argc) {
+                return profile(argv[i + 1], std::stoul(argv[i + 2]));
             } else if (arg == "--quick") {
                 quick = true;
             } else if (arg == "--json" && i + 1 < argc) {
