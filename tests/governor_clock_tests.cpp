@@ -425,7 +425,7 @@ TEST_CASE("a queued async_allocate is cancelled through its cancellation slot", 
     CHECK(governor->allocated_mb() == 950);
 }
 
-TEST_CASE("fail_waiters fails every waiter; close also refuses later ones", "[governor]") {
+TEST_CASE("fail_waiters fails every waiter and close also refuses later ones", "[governor]") {
     asio::io_context ioc;
     auto governor = MemoryGovernor::create(100);
     auto hold = *governor->try_allocate(100, "hold");

@@ -351,11 +351,13 @@ public:
                     slot.assign(
                         [weak_job = std::weak_ptr<job_type>(job),
                          weak_router = std::weak_ptr<detail::key_router>(*router)](asio::cancellation_type) {
+                            // Everything this handler needs goes into locals first: cancel() completes the
+                            // request, whose completion clears the slot and so destroys this handler, maybe
+                            // on another thread.
                             auto job = weak_job.lock();
-                            if (job && job->cancel()) {
-                                if (auto router = weak_router.lock()) {
-                                    router->remove(job.get());
-                                }
+                            auto router = weak_router.lock();
+                            if (job && job->cancel() && router) {
+                                router->remove(job.get());
                             }
                         });
                 }
