@@ -6,7 +6,8 @@
 # Runs `modelpool_bench_suite --profile WHAT N` at N1 and N2 operations and prints
 # (instructions(N2) - instructions(N1)) / (N2 - N1): set-up and tear-down cancel out. Keeps the N2 profile as
 # build/release/bench/callgrind.WHAT.out for `callgrind_annotate --inclusive=yes`. WHAT: request_pool,
-# request_floor, concurrent_pool, concurrent_floor, routing1:K, routing64:K, stream_pool, stream_floor.
+# request_floor, concurrent_pool, concurrent_floor, routing1:K, routing64:K, stream_pool, stream_floor,
+# cold (N workers cold-started with 1 ms loads).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 exe="$root/build/release/bin/modelpool_bench_suite"

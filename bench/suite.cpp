@@ -1021,7 +1021,7 @@ void case_compile_time(const config& cfg) {
 /// `--profile WHAT N`: runs one variant of one case N times and nothing else, for
 /// `valgrind --tool=callgrind` (bench/profile.sh runs it at two N and divides the difference, so set-up
 /// costs cancel out). WHAT: request_pool, request_floor, concurrent_pool, concurrent_floor,
-/// routing1:K, routing64:K, stream_pool, stream_floor.
+/// routing1:K, routing64:K, stream_pool, stream_floor, cold (N workers cold-started, 1 ms loads).
 int profile(const std::string& what, std::size_t n) {
     const config cfg = config::make(false);
     auto pool_with = [](std::size_t k) {
@@ -1051,6 +1051,9 @@ int profile(const std::string& what, std::size_t n) {
         }
         wait_workers(*pool, "gen", 1, true);
         stream_modelpool(*pool, n);
+    } else if (what == "cold") {
+        // n workers whose loaders wait 1 ms on a timer: the io thread's work per spawned worker.
+        cold_start_modelpool(n, 1ms);
     } else if (what == "stream_floor") {
         stream_floor(n, 16);
     } else {
@@ -1132,6 +1135,8 @@ std::map<std::string, std::string> machine_info(const config& cfg) {
     info["compiler"] = std::string(MODELPOOL_BENCH_CXX_ID) + " (" + __VERSION__ + ")";
     info["flags"] = MODELPOOL_BENCH_BUILD_FLAGS;
     info["build_type"] = MODELPOOL_BENCH_BUILD_TYPE;
+    info["compile_time_command"] = std::string(MODELPOOL_BENCH_CXX) + " " + MODELPOOL_BENCH_COMPILE_FLAGS +
+                                   (cfg.compile_syntax_only ? " -fsyntax-only" : " -c");
     char date[64];
     const std::time_t now = std::time(nullptr);
     std::strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
