@@ -1142,6 +1142,9 @@ std::map<std::string, std::string> machine_info(const config& cfg) {
     std::strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
     info["date"] = date;
     info["mode"] = cfg.quick ? "quick" : "full";
+    if (const char* revision = std::getenv("MODELPOOL_BENCH_REVISION")) { // set by scripts/bench.sh
+        info["revision"] = revision;
+    }
     return info;
 }
 

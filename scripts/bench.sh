@@ -35,4 +35,6 @@ fi
     cmake --build --preset release -j1 --target modelpool_bench_suite
 } >&2
 
+MODELPOOL_BENCH_REVISION="$(git describe --always --dirty 2>/dev/null || echo unknown)"
+export MODELPOOL_BENCH_REVISION
 exec "build/release/bin/modelpool_bench_suite" "${args[@]}" --json "$json"
