@@ -8,6 +8,7 @@
 #pragma once
 
 #include "modelpool/asio.hpp"
+#include "modelpool/detail/completion.hpp"
 
 #include <boost/asio/append.hpp>  // not in modelpool/asio.hpp (yet)
 #include <boost/asio/consign.hpp> // not in modelpool/asio.hpp (yet)
@@ -81,7 +82,7 @@ public:
         return asio::async_initiate<CompletionToken, wait_signature>(
             [this](auto handler, asio::any_io_executor executor, time_point when) {
                 // Resolved here, where the handler's type is still known (see completion_executor).
-                asio::any_io_executor target = completion_executor(handler, executor);
+                asio::any_io_executor target = detail::completion_executor(handler, executor);
                 do_wait(std::move(target), when, wait_handler(std::move(handler)));
             },
             token, std::move(ex), deadline);
@@ -117,21 +118,6 @@ protected:
     /// on an `any_completion_handler` it yields an `any_completion_executor`, which Boost 1.81 cannot `post`
     /// to.
     virtual void do_wait(asio::any_io_executor ex, time_point deadline, wait_handler handler) = 0;
-
-    /// The executor a handler's completion belongs to, as an `any_io_executor`: the handler's associated
-    /// executor, or `fallback` when it has none. A handler whose executor is not an I/O executor (e.g. a
-    /// handler that is itself an `any_completion_handler`) also gets `fallback`. `complete()`'s dispatch then
-    /// still reaches the handler's own executor.
-    template <class Handler>
-    [[nodiscard]] static asio::any_io_executor completion_executor(const Handler& handler,
-                                                                   const asio::any_io_executor& fallback) {
-        if constexpr (std::is_convertible_v<asio::associated_executor_t<Handler, asio::any_io_executor>,
-                                            asio::any_io_executor>) {
-            return asio::get_associated_executor(handler, fallback);
-        } else {
-            return fallback;
-        }
-    }
 
     /// Completes `handler` with `ec` without ever running it inline. The completion is posted to `ex`. There
     /// it clears the handler's cancellation slot (on the executor, where Asio's rules serialise it with

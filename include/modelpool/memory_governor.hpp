@@ -10,6 +10,7 @@
 #pragma once
 
 #include "modelpool/asio.hpp"
+#include "modelpool/detail/completion.hpp"
 #include "modelpool/error.hpp"
 
 #include <boost/asio/append.hpp> // not in modelpool/asio.hpp (yet)
@@ -234,7 +235,7 @@ public:
             [](auto handler, std::shared_ptr<MemoryGovernor> self, asio::any_io_executor fallback,
                std::size_t size, std::string name) {
                 // Resolved here, where the handler's type is still known (see completion_executor).
-                asio::any_io_executor target = completion_executor(handler, fallback);
+                asio::any_io_executor target = detail::completion_executor(handler, fallback);
                 self->start_waiter(std::move(target), handler_type(std::move(handler)), size,
                                    std::move(name));
             },
@@ -500,20 +501,6 @@ private:
             wake_locked(ready); // the requests behind a cancelled first waiter may fit now
         }
         complete_all(ready);
-    }
-
-    // The handler's associated executor as an any_io_executor, or `fallback`. Type-erased handlers report an
-    // any_completion_executor, which Boost 1.81 cannot post to (it lacks blocking.never); they get
-    // `fallback`, and complete_all's dispatch still reaches their own executor.
-    template <class Handler>
-    static asio::any_io_executor completion_executor(const Handler& handler,
-                                                     const asio::any_io_executor& fallback) {
-        if constexpr (std::is_convertible_v<asio::associated_executor_t<Handler, asio::any_io_executor>,
-                                            asio::any_io_executor>) {
-            return asio::get_associated_executor(handler, fallback);
-        } else {
-            return fallback;
-        }
     }
 
     // Posts each completion to its executor, outside the lock. There, the cancellation slot is cleared (on

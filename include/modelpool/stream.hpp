@@ -110,8 +110,7 @@ public:
                 break;
             }
             std::unique_lock lock(mutex_);
-            // allowed-blocking: send_blocking runs on blocking threads only; it refuses pool io threads
-            // above.
+            // allowed-blocking: blocking threads only (pool io threads were refused above)
             space_.wait(lock,
                         [&] { return abandoned_ || finished_ || buffer_.size() < capacity_ || reader_; });
         }

@@ -8,6 +8,7 @@
 #include "modelpool/asio.hpp"
 
 #include <atomic>
+#include <type_traits>
 #include <utility>
 
 namespace modelpool::detail {
@@ -48,12 +49,18 @@ template <class T> inline constexpr bool is_erased_handler_v = false;
 template <class... Signatures>
 inline constexpr bool is_erased_handler_v<asio::any_completion_handler<Signatures...>> = true;
 
-/// The executor a handler must complete on: its associated executor, or `fallback`. Type-erased handlers only
-/// offer an `any_completion_executor`, which cannot `post`; so erased handlers are stored together with the
-/// `any_io_executor` computed here from the concrete handler, before erasure.
+/// The executor a handler must complete on, as an `any_io_executor`: its associated executor, or `fallback`.
+/// Type-erased handlers only offer an `any_completion_executor`, which Boost 1.81 cannot `post` to (it lacks
+/// `blocking.never`) and which does not convert; they get `fallback`. So erased handlers are stored together
+/// with the executor computed here from the concrete handler, before erasure.
 template <class Handler, class Executor>
 asio::any_io_executor completion_executor(const Handler& handler, const Executor& fallback) {
-    return asio::get_associated_executor(handler, fallback);
+    if constexpr (std::is_convertible_v<asio::associated_executor_t<Handler, asio::any_io_executor>,
+                                        asio::any_io_executor>) {
+        return asio::get_associated_executor(handler, asio::any_io_executor(fallback));
+    } else {
+        return asio::any_io_executor(fallback);
+    }
 }
 
 /// Posts `handler(args...)` to the handler's associated executor (or `fallback`); for a type-erased handler,

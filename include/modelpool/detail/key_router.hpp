@@ -107,41 +107,11 @@ public:
 
     /// The worker's loader failed: forget it; if no other worker of the key is alive, every queued request
     /// learns at once, with `error` (spawn_failed naming the loader's message).
-    void worker_failed(WorkerId id, const PoolError& error) {
-        std::vector<job_ptr> orphans;
-        {
-            std::lock_guard lock(mutex_);
-            transition_locked(id, WorkerState::failed);
-            erase_locked(id);
-            if (live_locked() == 0) {
-                orphans.assign(std::make_move_iterator(queue_.begin()),
-                               std::make_move_iterator(queue_.end()));
-                queue_.clear();
-            }
-        }
-        for (auto& job : orphans) {
-            job->fail(error);
-        }
-    }
+    void worker_failed(WorkerId id, const PoolError& error) { retire(id, WorkerState::failed, error); }
 
     /// The worker ended (evicted or shut down): forget it. Requests still queued with no live worker left are
-    /// failed with `no_workers` rather than left waiting.
-    void worker_stopped(WorkerId id) {
-        std::vector<job_ptr> orphans;
-        {
-            std::lock_guard lock(mutex_);
-            transition_locked(id, WorkerState::stopped);
-            erase_locked(id);
-            if (live_locked() == 0) {
-                orphans.assign(std::make_move_iterator(queue_.begin()),
-                               std::make_move_iterator(queue_.end()));
-                queue_.clear();
-            }
-        }
-        for (auto& job : orphans) {
-            job->fail(closed_error());
-        }
-    }
+    /// failed (`no_workers`, or `shutting_down` once closed) rather than left waiting.
+    void worker_stopped(WorkerId id) { retire(id, WorkerState::stopped, std::nullopt); }
 
     // ---- requests
     // ------------------------------------------------------------------------------------------
@@ -421,6 +391,29 @@ private:
             // Sleeps until `next`, or until a request with an earlier deadline or close() wakes it.
             co_await clock->async_wait_until(
                 executor, next, asio::bind_cancellation_slot(self->wake_.slot(), asio::use_awaitable));
+        }
+    }
+
+    // Moves worker `id` to its final state and forgets it; when it was the key's last live worker, the queued
+    // requests end with `error` (or, without one, the reason no worker is left).
+    void retire(WorkerId id, WorkerState final_state, const std::optional<PoolError>& error) {
+        std::vector<job_ptr> orphans;
+        {
+            std::lock_guard lock(mutex_);
+            transition_locked(id, final_state);
+            erase_locked(id);
+            if (live_locked() == 0) {
+                orphans.assign(std::make_move_iterator(queue_.begin()),
+                               std::make_move_iterator(queue_.end()));
+                queue_.clear();
+            }
+        }
+        if (orphans.empty()) {
+            return;
+        }
+        const PoolError reason = error ? *error : closed_error();
+        for (auto& job : orphans) {
+            job->fail(reason);
         }
     }
 
