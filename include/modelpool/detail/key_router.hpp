@@ -24,12 +24,12 @@
 #include <chrono>
 #include <cstdint>
 #include <deque>
-#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
 #include <typeindex>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -461,7 +461,7 @@ private:
 
     mutable std::mutex mutex_;
     std::deque<job_ptr> queue_;
-    std::map<WorkerId, worker_entry> workers_;
+    std::unordered_map<WorkerId, worker_entry> workers_; // O(1) per request, however many workers
     std::vector<parked_worker> parked_;         // LIFO: the most recently idle worker gets the next request.
     std::array<std::size_t, 8> state_counts_{}; // workers per WorkerState, kept by transition_locked
     Clock::time_point armed_ = Clock::time_point::max(); // the deadline the sweeper sleeps until
