@@ -1278,8 +1278,8 @@ TEST_CASE("worker states move only along the lifecycle's allowed transitions", "
 // ===========================================================================================================
 // [shutdown]
 
-TEST_CASE("stop() answers queued requests with shutting_down - lets the busy worker finish - returns all "
-          "memory and is idempotent",
+TEST_CASE("stop() refuses new requests - lets queued and running requests finish - returns all memory and "
+          "is idempotent",
           "[shutdown]") {
     LogCapture log;
     auto gate = std::make_shared<Gate>();
@@ -1301,14 +1301,20 @@ TEST_CASE("stop() answers queued requests with shutting_down - lets the busy wor
     CHECK(snapshot_of(pool, "bert").queue_depth == 1);
 
     auto stopping = std::async(std::launch::async, [&pool] { pool.stop(); });
-    check_error(get(std::move(queued)), errc::shutting_down, {"'bert'"});
-    CHECK(pool.stopping());
-    CHECK(pending(stopping)); // stop() waits for the busy worker
+    while (!pool.stopping()) {
+        std::this_thread::yield();
+    }
+    check_error(get(pool.embed("bert", "late", asio::use_future)), errc::shutting_down, {"'bert'"});
+    CHECK(pending(stopping)); // stop() waits for the busy worker and the queued request
+    CHECK(pending(queued));
 
     gate->open();
     auto finished = get(std::move(running));
     INFO(show(finished));
     CHECK(finished.has_value()); // the busy worker completed its request
+    auto drained = get(std::move(queued));
+    INFO(show(drained));
+    CHECK(drained.has_value()); // and then served the queued one
     get(std::move(stopping));
 
     CHECK(pool.governor().allocated_mb() == 0);

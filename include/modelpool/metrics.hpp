@@ -23,6 +23,10 @@ struct MetricsSnapshot {
     std::uint64_t workers_failed = 0;       ///< Workers whose loader failed or threw.
     std::uint64_t workers_stopped = 0;      ///< Loaded workers that ended (evicted or shut down).
     std::uint64_t loader_calls = 0;         ///< Loader invocations.
+    std::uint64_t workers_evicted = 0; ///< Workers evicted (idle too long, or to make room for another key).
+    std::uint64_t workers_unhealthy = 0;  ///< Workers found stuck past a request's deadline (and replaced).
+    std::uint64_t load_retries = 0;       ///< Failed loads scheduled for a retry.
+    std::uint64_t circuit_rejections = 0; ///< Requests refused with `circuit_open`.
 
     /// Requests that ended with `code`.
     [[nodiscard]] std::uint64_t errors_with(errc code) const {
@@ -57,6 +61,10 @@ public:
     void worker_failed() noexcept { failed_.fetch_add(1, std::memory_order_relaxed); }
     void worker_stopped() noexcept { stopped_.fetch_add(1, std::memory_order_relaxed); }
     void loader_call() noexcept { loader_calls_.fetch_add(1, std::memory_order_relaxed); }
+    void worker_evicted() noexcept { evicted_.fetch_add(1, std::memory_order_relaxed); }
+    void worker_unhealthy() noexcept { unhealthy_.fetch_add(1, std::memory_order_relaxed); }
+    void load_retry() noexcept { load_retries_.fetch_add(1, std::memory_order_relaxed); }
+    void circuit_rejection() noexcept { circuit_rejections_.fetch_add(1, std::memory_order_relaxed); }
 
     [[nodiscard]] MetricsSnapshot snapshot() const noexcept {
         MetricsSnapshot snap;
@@ -70,6 +78,10 @@ public:
         snap.workers_failed = failed_.load(std::memory_order_relaxed);
         snap.workers_stopped = stopped_.load(std::memory_order_relaxed);
         snap.loader_calls = loader_calls_.load(std::memory_order_relaxed);
+        snap.workers_evicted = evicted_.load(std::memory_order_relaxed);
+        snap.workers_unhealthy = unhealthy_.load(std::memory_order_relaxed);
+        snap.load_retries = load_retries_.load(std::memory_order_relaxed);
+        snap.circuit_rejections = circuit_rejections_.load(std::memory_order_relaxed);
         return snap;
     }
 
@@ -82,6 +94,10 @@ private:
     std::atomic<std::uint64_t> failed_{0};
     std::atomic<std::uint64_t> stopped_{0};
     std::atomic<std::uint64_t> loader_calls_{0};
+    std::atomic<std::uint64_t> evicted_{0};
+    std::atomic<std::uint64_t> unhealthy_{0};
+    std::atomic<std::uint64_t> load_retries_{0};
+    std::atomic<std::uint64_t> circuit_rejections_{0};
 };
 
 } // namespace detail

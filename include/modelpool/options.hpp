@@ -12,7 +12,11 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
+#include <functional>
 #include <memory>
+#include <string>
+#include <string_view>
 
 namespace spdlog {
 class logger;
@@ -21,6 +25,53 @@ class logger;
 namespace modelpool {
 
 class Clock;
+
+/// What happened to a worker, as `PoolOptions::on_worker_event` reports it.
+enum class WorkerEventKind {
+    spawned, ///< Accepted by a spawn (its loader has not run yet).
+    loaded,  ///< Its loader succeeded; it serves now.
+    failed,  ///< Its loader failed or threw; its memory is released.
+    evicted, ///< Chosen for eviction (idle too long, or to make room for another key); it stops next.
+    stopped, ///< Its loop ended (evicted, unhealthy or shut down); its model is destroyed, its memory
+             ///< released.
+};
+
+/// The name of an event kind, e.g. "evicted".
+constexpr std::string_view to_string(WorkerEventKind kind) noexcept {
+    switch (kind) {
+    case WorkerEventKind::spawned:
+        return "spawned";
+    case WorkerEventKind::loaded:
+        return "loaded";
+    case WorkerEventKind::failed:
+        return "failed";
+    case WorkerEventKind::evicted:
+        return "evicted";
+    case WorkerEventKind::stopped:
+        return "stopped";
+    }
+    return "unknown";
+}
+
+/// One worker lifecycle event.
+struct WorkerEvent {
+    WorkerEventKind kind;  ///< What happened.
+    std::string_view key;  ///< The worker's registry key.
+    std::uint64_t worker;  ///< The worker's id.
+    std::size_t memory_mb; ///< The worker's reservation.
+    std::string_view
+        cause; ///< Why, for `failed` and `evicted` (the loader's error, "idle", "memory"); else empty.
+};
+
+/// How the pool manages one registered model's workers (`Pool::register_*_model`).
+struct ModelOptions {
+    /// Memory each worker reserves from the pool's governor, in MB. Required: must be positive.
+    std::size_t per_worker_mb = 0;
+    /// Workers kept loaded even when idle (started at registration). Default 0: scale to zero.
+    std::size_t min_workers = 0;
+    /// Most workers, counting those still loading. 0: `PoolOptions::max_workers_per_model`.
+    std::size_t max_workers = 0;
+};
 
 /// How a `Pool` is built. Zero means "choose for me" where the field says so.
 struct PoolOptions {
@@ -56,6 +107,40 @@ struct PoolOptions {
     /// The clock every delay reads. Null: the steady clock. Tests pass a `ManualClock`.
     std::shared_ptr<Clock> clock{};
 
+    // ---- registered models (`Pool::register_*_model`): how the pool manages their workers by itself
+
+    /// Workers the first request of a registered key starts, memory permitting (fewer if only fewer fit).
+    /// Default 2.
+    std::size_t cold_start_workers = 2;
+    /// Most workers of one registered key, counting those still loading. Default 4.
+    std::size_t max_workers_per_model = 4;
+    /// How long every worker of a key must have been busy with requests still queued before one more worker
+    /// is started. Default 0: at once.
+    std::chrono::milliseconds upscale_delay{0};
+    /// A worker idle this long is evicted (least recently used first, one per key per maintenance tick, down
+    /// to the key's `min_workers`). Default 5 minutes.
+    std::chrono::milliseconds idle_timeout{300'000};
+    /// How often maintenance runs (idle eviction, minimum workers, delayed scale-up, load retries). Default
+    /// 1 s.
+    std::chrono::milliseconds maintenance_interval{1'000};
+    /// How long a spawn waits for memory that is being released (idle workers of other keys evicted to make
+    /// room). A spawn that cannot fit even then fails at once with `memory_exhausted`. Default 10 s.
+    std::chrono::milliseconds memory_wait_timeout{10'000};
+    /// Failed loads of a key retried before the key fails fast with `spawn_failed`. Default 3.
+    std::size_t load_retries = 3;
+    /// Delay before the first load retry; doubles per retry up to `retry_backoff_max`, with jitter (each
+    /// delay is drawn from [d/2, d]). Default 1 s.
+    std::chrono::milliseconds retry_backoff_initial{1'000};
+    /// Longest delay between load retries, and how long a key whose retries are exhausted fails fast before a
+    /// request may try loading it again. Default 30 s.
+    std::chrono::milliseconds retry_backoff_max{30'000};
+    /// Seeds the retry jitter (per key), so that runs can be reproduced. Default 0.
+    std::uint64_t random_seed = 0;
+
+    /// Called after each worker lifecycle event, on a pool thread. Must not block; must not call `stop()`.
+    /// Empty: no calls.
+    std::function<void(const WorkerEvent&)> on_worker_event{};
+
     /// Checks the options; the error names the field and the value.
     [[nodiscard]] result<void> validate() const {
         if (io_threads == 0 || io_threads > 1024) {
@@ -77,6 +162,37 @@ struct PoolOptions {
         if (request_timeout.count() <= 0) {
             return fail(errc::invalid_argument, "request_timeout must be positive (got {} ms)",
                         request_timeout.count());
+        }
+        if (max_workers_per_model == 0) {
+            return fail(errc::invalid_argument, "max_workers_per_model must be at least 1 (got 0)");
+        }
+        if (cold_start_workers == 0 || cold_start_workers > max_workers_per_model) {
+            return fail(errc::invalid_argument,
+                        "cold_start_workers must be between 1 and max_workers_per_model ({}) (got {})",
+                        max_workers_per_model, cold_start_workers);
+        }
+        if (upscale_delay.count() < 0) {
+            return fail(errc::invalid_argument, "upscale_delay must not be negative (got {} ms)",
+                        upscale_delay.count());
+        }
+        if (idle_timeout.count() <= 0) {
+            return fail(errc::invalid_argument, "idle_timeout must be positive (got {} ms)",
+                        idle_timeout.count());
+        }
+        if (maintenance_interval.count() <= 0) {
+            return fail(errc::invalid_argument, "maintenance_interval must be positive (got {} ms)",
+                        maintenance_interval.count());
+        }
+        if (memory_wait_timeout.count() < 0) {
+            return fail(errc::invalid_argument, "memory_wait_timeout must not be negative (got {} ms)",
+                        memory_wait_timeout.count());
+        }
+        if (retry_backoff_initial.count() <= 0 || retry_backoff_max < retry_backoff_initial) {
+            return fail(
+                errc::invalid_argument,
+                "retry backoff must satisfy 0 < retry_backoff_initial <= retry_backoff_max (got {} ms "
+                "and {} ms)",
+                retry_backoff_initial.count(), retry_backoff_max.count());
         }
         if (shutdown_timeout.count() < 0) {
             return fail(errc::invalid_argument, "shutdown_timeout must not be negative (got {} ms)",

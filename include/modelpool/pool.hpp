@@ -44,6 +44,8 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <concepts>
+#include <condition_variable>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -120,7 +122,12 @@ public:
     Pool& operator=(const Pool&) = delete;
 
     /// Stops the pool (see `stop()`).
-    ~Pool() { stop(); }
+    ~Pool() {
+        stop();
+        if (stopper_.joinable()) {
+            stopper_.join();
+        }
+    }
 
     // ---- spawning
     // --------------------------------------------------------------------------------------------
@@ -190,26 +197,142 @@ public:
         requires model_loader<F, T> result<WorkerId> spawn_worker(std::string_view registry_key,
                                                                   F model_loader, std::size_t per_worker_mb,
                                                                   AllocationGuard allocation_guard) {
-            if (auto valid = check_spawn(registry_key, per_worker_mb, allocation_guard); !valid) {
-                return unexpected<PoolError>(valid.error());
+            return spawn_worker_impl<Cap, T>(registry_key, std::move(model_loader), per_worker_mb,
+                                             std::move(allocation_guard), false);
+        }
+
+    // ---- registered models
+    // ---------------------------------------------------------------------------------------
+
+    /// Registers a text_embedding model under `registry_key`. See `register_model` for the contract.
+    template <class T = detail::deduce_model, class F>
+        requires model_loader<F, resolved_model_t<T, F>> && std::copy_constructible<F> &&
+            TextEmbeddingModel<resolved_model_t<T, F>>
+                result<void> register_text_embedding_model(std::string_view registry_key, F model_loader,
+                                                           ModelOptions model) {
+            return register_model<text_embedding, resolved_model_t<T, F>>(registry_key,
+                                                                          std::move(model_loader), model);
+        }
+
+    /// Registers an image_embedding model under `registry_key`. See `register_model` for the contract.
+    template <class T = detail::deduce_model, class F>
+        requires model_loader<F, resolved_model_t<T, F>> && std::copy_constructible<F> &&
+            ImageEmbeddingModel<resolved_model_t<T, F>>
+                result<void> register_image_embedding_model(std::string_view registry_key, F model_loader,
+                                                            ModelOptions model) {
+            return register_model<image_embedding, resolved_model_t<T, F>>(registry_key,
+                                                                           std::move(model_loader), model);
+        }
+
+    /// Registers a text_to_text model under `registry_key`. See `register_model` for the contract.
+    template <class T = detail::deduce_model, class F>
+        requires model_loader<F, resolved_model_t<T, F>> && std::copy_constructible<F> &&
+            TextToTextModel<resolved_model_t<T, F>>
+                result<void> register_text_to_text_model(std::string_view registry_key, F model_loader,
+                                                         ModelOptions model) {
+            return register_model<text_to_text, resolved_model_t<T, F>>(registry_key, std::move(model_loader),
+                                                                        model);
+        }
+
+    /// Registers a vision model under `registry_key`. See `register_model` for the contract.
+    template <class T = detail::deduce_model, class F>
+        requires model_loader<F, resolved_model_t<T, F>> && std::copy_constructible<F> &&
+            VisionModel<resolved_model_t<T, F>>
+                result<void> register_vision_model(std::string_view registry_key, F model_loader,
+                                                   ModelOptions model) {
+            return register_model<vision, resolved_model_t<T, F>>(registry_key, std::move(model_loader),
+                                                                  model);
+        }
+
+    /// Registers a text_to_image model under `registry_key`. See `register_model` for the contract.
+    template <class T = detail::deduce_model, class F>
+        requires model_loader<F, resolved_model_t<T, F>> && std::copy_constructible<F> &&
+            TextToImageModel<resolved_model_t<T, F>>
+                result<void> register_text_to_image_model(std::string_view registry_key, F model_loader,
+                                                          ModelOptions model) {
+            return register_model<text_to_image, resolved_model_t<T, F>>(registry_key,
+                                                                         std::move(model_loader), model);
+        }
+
+    /// Registers a model of capability `Cap` and type `T`: from now on the pool manages the key's workers.
+    /// `model_loader` is copied into each worker it starts (it is the loader factory).
+    ///
+    /// - Cold start: the first request for a key with no worker starts `PoolOptions::cold_start_workers` (2)
+    ///   workers when the memory governor can hold them, fewer when only fewer fit; when none fits, idle
+    ///   workers of other registered keys are evicted (least recently used first) if that makes room, and the
+    ///   spawn waits up to `memory_wait_timeout` for their memory; otherwise the request fails at once with
+    ///   `memory_exhausted` naming the MB needed, allocated and the limit. The decision is taken under the
+    ///   key's lock: any number of concurrent first requests start exactly that many workers.
+    /// - Scale up: one more worker when every worker is busy, nothing is loading and requests are queued (for
+    ///   `upscale_delay`), up to `max_workers` counting loading workers.
+    /// - Idle eviction: a worker idle for `idle_timeout` is evicted at a maintenance tick, least recently
+    /// used
+    ///   first, one per key per tick, down to `min_workers`; its memory is released.
+    /// - Load failures: retried with capped exponential backoff and jitter, `load_retries` times in a row;
+    /// then
+    ///   every waiter and every new request gets `spawn_failed` with the loader's error at once, until
+    ///   `retry_backoff_max` has passed.
+    /// - `min_workers` are started now and kept (restarted at maintenance ticks if they fail or stop).
+    ///
+    /// Fails with `invalid_argument` (bad key, `per_worker_mb == 0`, `min_workers > max_workers`, a key that
+    /// serves another capability or is registered already) or `shutting_down`.
+    template <capability_descriptor Cap, class T, class F>
+        requires model_loader<F, T> && std::copy_constructible<F> result<void>
+        register_model(std::string_view registry_key, F model_loader, ModelOptions model) {
+            if (auto valid = check_key(registry_key); !valid) {
+                return valid;
+            }
+            if (stopping()) {
+                return fail(errc::shutting_down, "cannot register '{}': the pool is shutting down",
+                            registry_key);
+            }
+            const std::size_t max_workers =
+                model.max_workers != 0 ? model.max_workers : options_.max_workers_per_model;
+            if (model.per_worker_mb == 0) {
+                return fail(errc::invalid_argument, "per_worker_mb for '{}' must be positive (got 0)",
+                            registry_key);
+            }
+            if (model.min_workers > max_workers) {
+                return fail(errc::invalid_argument, "min_workers ({}) of '{}' exceeds max_workers ({})",
+                            model.min_workers, registry_key, max_workers);
             }
             auto router = router_for<Cap>(registry_key, true);
             if (!router) {
                 return unexpected<PoolError>(router.error());
             }
-            const WorkerId id = next_worker_id_.fetch_add(1, std::memory_order_relaxed);
-            if (auto added = (*router)->add_worker(id, per_worker_mb); !added) {
-                return unexpected<PoolError>(added.error());
-            }
-            core_->metrics->worker_spawned();
-            auto stop_signal = std::make_shared<asio::cancellation_signal>();
-            auto ticket = std::make_unique<detail::gate_ticket>(core_, id, stop_signal);
-            asio::co_spawn(io_->get_executor(),
-                           detail::run_worker<Cap, T>(core_, *router, id, std::move(model_loader),
-                                                      std::move(allocation_guard), std::move(ticket)),
-                           asio::bind_cancellation_slot(stop_signal->slot(), asio::detached));
-            return id;
+            auto spec = std::make_shared<detail::model_spec>();
+            spec->per_worker_mb = model.per_worker_mb;
+            spec->min_workers = model.min_workers;
+            spec->max_workers = max_workers;
+            spec->cold_start = std::min(options_.cold_start_workers, max_workers);
+            spec->spawn = [this, key = std::string(registry_key), loader = std::move(model_loader),
+                           mb = model.per_worker_mb](AllocationGuard guard) {
+                return spawn_worker_impl<Cap, T>(key, loader, mb, std::move(guard), true);
+            };
+            return (*router)->set_spec(std::move(spec));
         }
+
+    /// Starts workers for registered model `registry_key` until `count` are alive or loading (never more than
+    /// its `max_workers`); returns how many it started. For applications that want workers before the first
+    /// request. Fails with `invalid_argument` (key not registered), `shutting_down`, or `memory_exhausted`
+    /// when not even one worker could start.
+    result<std::size_t> ensure_workers(std::string_view registry_key, std::size_t count) {
+        auto router = find_router(registry_key);
+        if (!router) {
+            return unexpected<PoolError>(router.error());
+        }
+        return (*router)->ensure(count);
+    }
+
+    /// Runs one maintenance tick now, on the calling thread: idle eviction, minimum workers, delayed scale-up
+    /// and due load retries of every registered key. The pool runs one every `maintenance_interval` by
+    /// itself; this is for tests that step a `ManualClock` and for applications that want an immediate pass.
+    void maintain() {
+        const auto now = clock_->now();
+        for (auto& router : all_routers()) {
+            router->maintain(now);
+        }
+    }
 
     // ---- requests: text_embedding
     // ---------------------------------------------------------------------------
@@ -457,34 +580,204 @@ public:
     // ---- stopping
     // ---------------------------------------------------------------------------------------------
 
+    /// Stops the pool with `options().shutdown_timeout` as the grace period:
+    /// `stop(options().shutdown_timeout)`.
+    void stop() { stop(options_.shutdown_timeout); }
+
     /// Stops the pool, in order:
-    /// 1. new requests and spawns get `shutting_down`; queued requests end with `shutting_down`; idle workers
-    ///    stop at once and busy ones after their current request;
-    /// 2. after at most `options().shutdown_timeout`, requests still being served end with `shutting_down`
-    /// and
-    ///    the remaining workers are cancelled (their pending asynchronous operations are aborted);
-    /// 3. the io_context threads and the blocking executor are stopped and joined.
-    /// Every worker that honours cancellation has then ended and released its memory; a worker whose model
-    /// ignores cancellation is destroyed with the pool. Operations started after `stop()` complete with
-    /// `shutting_down` on the system executor. Idempotent and safe from any thread.
+    /// 1. new requests, spawns and registrations get `shutting_down`; queued and running requests go on being
+    ///    served; idle workers stop once their key's queue is empty;
+    /// 2. after at most `grace`, requests still queued or being served end with `shutting_down` and the
+    ///    remaining workers are cancelled (their pending asynchronous operations, a slow loader's included,
+    ///    are aborted);
+    /// 3. maintenance ends; the io_context threads and the blocking executor are stopped and joined.
+    /// Every worker that honours cancellation has then ended and released its memory (the governor is back to
+    /// 0 MB); a worker whose model ignores cancellation is destroyed with the pool. Operations started after
+    /// `stop()` complete with `shutting_down` on the system executor.
     ///
-    /// Called from one of the pool's own threads (inside a pool coroutine) it only begins the shutdown and
-    /// returns, since a thread cannot join itself; a later `stop()` or the destructor finishes it. A blocking
-    /// model call that never returns makes step 3 wait for it: blocking calls cannot be interrupted.
-    void stop() {
+    /// Idempotent and safe from any thread. A later call with a shorter `grace` shortens a stop in progress
+    /// (`stop(0ms)` after `stop()`: end everything now), as a second Ctrl+C does. Called from one of the
+    /// pool's own threads (inside a pool coroutine) it returns at once and a thread of the pool's own
+    /// finishes the shutdown, since a thread cannot join itself; `wait_stopped()` (from another thread) or
+    /// the destructor waits for it. The grace period is measured in real time (`std::chrono::steady_clock`),
+    /// not on the injected clock. A blocking model call that never returns makes step 3 wait for it: blocking
+    /// calls cannot be interrupted.
+    void stop(std::chrono::milliseconds grace) {
         begin_stop();
+        {
+            std::lock_guard lock(core_->mutex);
+            const auto until =
+                std::chrono::steady_clock::now() + std::max(grace, std::chrono::milliseconds{0});
+            if (until < drain_until_) {
+                drain_until_ = until;
+                grace_ = std::max(grace, std::chrono::milliseconds{0});
+            }
+        }
+        core_->drained.notify_all();
+        if (on_pool_thread()) {
+            std::call_once(stopper_once_, [this] { stopper_ = std::thread([this] { finish_stop(); }); });
+            return;
+        }
+        finish_stop();
+    }
+
+    /// Blocks until the pool has stopped completely (after `stop()`, possibly called elsewhere). Must not be
+    /// called on a pool thread (it would wait for itself): there it returns at once.
+    void wait_stopped() {
         if (on_pool_thread()) {
             return;
         }
+        std::unique_lock lock(join_mutex_); // allowed-blocking: never on a pool thread (checked above)
+        stopped_cv_.wait(lock, [this] { return joined_; });
+    }
+
+private:
+    struct private_tag {};
+
+    // `reserved`: the worker fills a slot its router reserved (registered models).
+    template <capability_descriptor Cap, class T, class F>
+    result<WorkerId> spawn_worker_impl(std::string_view registry_key, F model_loader,
+                                       std::size_t per_worker_mb, AllocationGuard allocation_guard,
+                                       bool reserved) {
+        if (auto valid = check_spawn(registry_key, per_worker_mb, allocation_guard); !valid) {
+            return unexpected<PoolError>(valid.error());
+        }
+        auto router = router_for<Cap>(registry_key, true);
+        if (!router) {
+            return unexpected<PoolError>(router.error());
+        }
+        const WorkerId id = next_worker_id_.fetch_add(1, std::memory_order_relaxed);
+        if (auto added = (*router)->add_worker(id, per_worker_mb, reserved); !added) {
+            return unexpected<PoolError>(added.error());
+        }
+        core_->metrics->worker_spawned();
+        core_->event(WorkerEventKind::spawned, registry_key, id, per_worker_mb);
+        auto stop_signal = std::make_shared<asio::cancellation_signal>();
+        auto ticket = std::make_unique<detail::gate_ticket>(core_, id, stop_signal);
+        asio::co_spawn(io_->get_executor(),
+                       detail::run_worker<Cap, T>(core_, *router, id, std::move(model_loader),
+                                                  std::move(allocation_guard), std::move(ticket)),
+                       asio::bind_cancellation_slot(stop_signal->slot(), asio::detached));
+        return id;
+    }
+
+    result<std::shared_ptr<detail::key_router>> find_router(std::string_view key) const {
+        if (auto valid = check_key(key); !valid) {
+            return unexpected<PoolError>(valid.error());
+        }
+        std::lock_guard lock(registry_mutex_);
+        auto it = routers_.find(key);
+        if (it == routers_.end()) {
+            return fail(errc::invalid_argument, "'{}' is not a registered model", key);
+        }
+        return it->second;
+    }
+
+    // Evicts idle workers of registered keys other than `except`, least recently used first, if together they
+    // free `needed_mb`; returns what they will release (0, and no eviction, when they cannot free enough).
+    std::size_t evict_for_memory(std::string_view except, std::size_t needed_mb) {
+        struct candidate {
+            detail::key_router::idle_candidate worker;
+            std::shared_ptr<detail::key_router> router;
+        };
+        std::vector<candidate> candidates;
+        std::size_t total = 0;
+        for (auto& router : all_routers()) {
+            if (router->key() == except) {
+                continue;
+            }
+            for (const auto& worker : router->idle_candidates()) {
+                total += worker.memory_mb;
+                candidates.push_back({worker, router});
+            }
+        }
+        if (total < needed_mb) {
+            return 0;
+        }
+        std::sort(candidates.begin(), candidates.end(),
+                  [](const auto& a, const auto& b) { return a.worker.parked_at < b.worker.parked_at; });
+        std::size_t freed = 0;
+        for (auto& c : candidates) {
+            if (freed >= needed_mb) {
+                break;
+            }
+            if (c.router->evict_idle(c.worker.id, "memory")) {
+                freed += c.worker.memory_mb;
+            }
+        }
+        core_->logger->info("evicted idle workers holding {} MB to make room for '{}'", freed, except);
+        return freed;
+    }
+
+    // Runs `maintain()` every maintenance_interval on the pool's clock until the pool stops.
+    asio::awaitable<void> maintenance_loop() {
+        co_await asio::this_coro::throw_if_cancelled(false);
+        auto executor = co_await asio::this_coro::executor;
+        auto next = Clock::saturating_add(clock_->now(), options_.maintenance_interval);
+        while (!stopping()) {
+            co_await clock_->async_wait_until(
+                executor, next, asio::bind_cancellation_slot(maintenance_wake_.slot(), asio::use_awaitable));
+            if (stopping()) {
+                break;
+            }
+            maintain();
+            next = Clock::saturating_add(clock_->now(), options_.maintenance_interval);
+        }
+    }
+
+    static PoolOptions checked(PoolOptions options) {
+        if (auto valid = options.validate(); !valid) {
+            throw std::system_error(valid.error().error_code(), valid.error().message());
+        }
+        return options;
+    }
+
+    Pool(PoolOptions options, private_tag)
+        : options_(std::move(options)),
+          clock_(options_.clock ? options_.clock : std::make_shared<SteadyClock>()),
+          governor_(MemoryGovernor::create(options_.memory_limit_mb != 0 ? options_.memory_limit_mb
+                                                                         : default_memory_limit_mb())),
+          io_(std::make_unique<asio::io_context>(static_cast<int>(options_.io_threads))),
+          fallback_(std::make_shared<detail::fallback_executor>(io_->get_executor())),
+          work_(asio::make_work_guard(*io_)),
+          blocking_threads_(options_.blocking_threads != 0
+                                ? options_.blocking_threads
+                                : std::max<std::size_t>(1, std::thread::hardware_concurrency())),
+          blocking_(blocking_threads_),
+          core_(std::make_shared<detail::pool_core>(detail::call_env{blocking_.get_executor()})),
+          maintenance_strand_(asio::make_strand(io_->get_executor())) {
+        // options() reports what the pool runs with: fill in every default.
+        options_.logger = options_.logger ? options_.logger : default_logger();
+        options_.clock = clock_;
+        options_.memory_limit_mb = governor_->limit_mb();
+        options_.blocking_threads = blocking_threads_;
+        core_->logger = options_.logger;
+        core_->metrics = std::make_shared<detail::pool_metrics>();
+        core_->clock = clock_;
+        core_->governor = governor_;
+        core_->options = &options_;
+        core_->io = io_->get_executor();
+        core_->seed = options_.random_seed;
+        core_->evict_for_memory = [this](std::string_view except, std::size_t needed_mb) {
+            return evict_for_memory(except, needed_mb);
+        };
+        asio::co_spawn(maintenance_strand_, maintenance_loop(), asio::detached);
+        threads_.reserve(options_.io_threads);
+        for (std::size_t i = 0; i < options_.io_threads; ++i) {
+            threads_.emplace_back([this] { run_io_thread(); });
+        }
+    }
+
+    void finish_stop() {
         std::lock_guard join_lock(join_mutex_);
         if (joined_) {
             return;
         }
-        if (!wait_drained(options_.shutdown_timeout)) {
+        if (!wait_drained()) {
             core_->logger->warn("stop: {} worker(s) still busy after {} ms; ending their requests and "
                                 "cancelling them",
-                                live_workers(), options_.shutdown_timeout.count());
-            fail_running_requests();
+                                live_workers(), current_grace().count());
+            fail_remaining_requests();
         }
         fallback_->stop();
         work_.reset();
@@ -509,45 +802,10 @@ public:
         io_->poll(); // allowed-blocking: the same; completions the blocking threads posted while finishing
         detail::running_pool = nullptr;
         joined_ = true;
+        stopped_cv_.notify_all();
         if (auto stuck = live_workers(); stuck != 0) {
             core_->logger->warn("stop: {} worker(s) ignored cancellation; they are destroyed with the pool",
                                 stuck);
-        }
-    }
-
-private:
-    struct private_tag {};
-
-    static PoolOptions checked(PoolOptions options) {
-        if (auto valid = options.validate(); !valid) {
-            throw std::system_error(valid.error().error_code(), valid.error().message());
-        }
-        return options;
-    }
-
-    Pool(PoolOptions options, private_tag)
-        : options_(std::move(options)),
-          clock_(options_.clock ? options_.clock : std::make_shared<SteadyClock>()),
-          governor_(MemoryGovernor::create(options_.memory_limit_mb != 0 ? options_.memory_limit_mb
-                                                                         : default_memory_limit_mb())),
-          io_(std::make_unique<asio::io_context>(static_cast<int>(options_.io_threads))),
-          fallback_(std::make_shared<detail::fallback_executor>(io_->get_executor())),
-          work_(asio::make_work_guard(*io_)),
-          blocking_threads_(options_.blocking_threads != 0
-                                ? options_.blocking_threads
-                                : std::max<std::size_t>(1, std::thread::hardware_concurrency())),
-          blocking_(blocking_threads_),
-          core_(std::make_shared<detail::pool_core>(detail::call_env{blocking_.get_executor()})) {
-        // options() reports what the pool runs with: fill in every default.
-        options_.logger = options_.logger ? options_.logger : default_logger();
-        options_.clock = clock_;
-        options_.memory_limit_mb = governor_->limit_mb();
-        options_.blocking_threads = blocking_threads_;
-        core_->logger = options_.logger;
-        core_->metrics = std::make_shared<detail::pool_metrics>();
-        threads_.reserve(options_.io_threads);
-        for (std::size_t i = 0; i < options_.io_threads; ++i) {
-            threads_.emplace_back([this] { run_io_thread(); });
         }
     }
 
@@ -559,6 +817,8 @@ private:
             router->close("the pool is shutting down");
         }
         governor_->close(PoolError(errc::shutting_down, "the pool is shutting down"));
+        asio::post(maintenance_strand_,
+                   [this] { maintenance_wake_.emit(asio::cancellation_type::terminal); });
     }
 
     std::vector<std::shared_ptr<detail::key_router>> all_routers() const {
@@ -571,19 +831,32 @@ private:
         return routers;
     }
 
-    void fail_running_requests() {
-        PoolError error(errc::shutting_down,
-                        fmt::format("the pool stopped before the request finished (shutdown_timeout {} ms)",
-                                    options_.shutdown_timeout.count()));
+    void fail_remaining_requests() {
+        const auto grace = current_grace();
         for (auto& router : all_routers()) {
-            router->fail_running(error);
+            router->fail_remaining(grace);
         }
     }
 
-    bool wait_drained(std::chrono::milliseconds timeout) {
+    std::chrono::milliseconds current_grace() const {
+        std::lock_guard lock(core_->mutex);
+        return grace_;
+    }
+
+    // Waits until every worker ended or the grace period (which a later stop() may shorten) is over.
+    bool wait_drained() {
         std::unique_lock lock(core_->mutex);
-        // allowed-blocking: stop() runs this only off the pool threads (see on_pool_thread()).
-        return core_->drained.wait_for(lock, timeout, [&] { return core_->live_workers == 0; });
+        for (;;) {
+            if (core_->live_workers == 0) {
+                return true;
+            }
+            const auto until = drain_until_;
+            if (std::chrono::steady_clock::now() >= until) {
+                return false;
+            }
+            // allowed-blocking: stop() runs this only off the pool threads (see on_pool_thread()).
+            core_->drained.wait_until(lock, until);
+        }
     }
 
     std::size_t live_workers() const {
@@ -662,8 +935,8 @@ private:
                             Cap::name);
             }
             auto router = std::make_shared<detail::key_router>(std::string(key), std::type_index(typeid(Cap)),
-                                                               Cap::name, options_.queue_capacity);
-            router->start_sweeper(router, io_->get_executor(), clock_);
+                                                               Cap::name, options_.queue_capacity, core_);
+            router->start(router);
             it = routers_.emplace(std::string(key), std::move(router)).first;
         }
         if (it->second->capability() != std::type_index(typeid(Cap))) {
@@ -693,6 +966,8 @@ private:
     std::size_t blocking_threads_;
     asio::thread_pool blocking_;
     std::shared_ptr<detail::pool_core> core_;
+    asio::strand<asio::io_context::executor_type> maintenance_strand_;
+    asio::cancellation_signal maintenance_wake_; // emitted on maintenance_strand_ only
     std::vector<std::thread> threads_;
 
     mutable std::mutex registry_mutex_;
@@ -701,7 +976,13 @@ private:
     std::atomic<WorkerId> next_worker_id_{1};
     std::atomic<bool> stopping_{false};
     std::mutex join_mutex_;
+    std::condition_variable stopped_cv_; // joined_ became true
     bool joined_ = false;
+    std::chrono::steady_clock::time_point drain_until_ =
+        std::chrono::steady_clock::time_point::max(); // core mutex
+    std::chrono::milliseconds grace_{0};              // the grace period in force (core mutex)
+    std::once_flag stopper_once_;
+    std::thread stopper_; // finishes a stop() that began on a pool thread
 };
 
 } // namespace modelpool

@@ -76,6 +76,9 @@ public:
         : op_(std::move(op)), handler_(std::move(handler)), fallback_(std::move(executor)) {}
 
     asio::awaitable<void> serve(const invoker<Cap>& model) override {
+        if (this->done()) {
+            co_return; // cancelled or timed out on its way to the worker: do not run the model for nobody
+        }
         auto outcome = co_await model.call(op_);
         complete(std::move(outcome));
     }

@@ -15,6 +15,7 @@
 #include "modelpool/detail/invoker.hpp"
 #include "modelpool/detail/job.hpp"
 #include "modelpool/detail/key_router.hpp"
+#include "modelpool/detail/pool_core.hpp"
 #include "modelpool/error.hpp"
 #include "modelpool/memory_governor.hpp"
 #include "modelpool/metrics.hpp"
@@ -34,49 +35,6 @@
 #include <vector>
 
 namespace modelpool::detail {
-
-/// What all workers of one pool share. Outlives every worker coroutine (each holds a shared_ptr).
-struct pool_core {
-    explicit pool_core(call_env e) : env(std::move(e)) {}
-
-    std::shared_ptr<spdlog::logger> logger; ///< Where workers log.
-    std::shared_ptr<pool_metrics> metrics;  ///< Counters.
-    call_env env;                           ///< Where blocking model calls run.
-
-    /// Counts worker coroutines that have not finished, so shutdown can wait for them (a gate), and keeps the
-    /// signal that cancels worker `id` when shutdown gives up waiting.
-    void enter(WorkerId id, std::shared_ptr<asio::cancellation_signal> signal) {
-        std::lock_guard lock(mutex);
-        ++live_workers;
-        signals.emplace(id, std::move(signal));
-    }
-
-    /// Worker `id`'s coroutine finished (or its frame was destroyed).
-    void leave(WorkerId id) {
-        std::lock_guard lock(mutex);
-        signals.erase(id);
-        if (--live_workers == 0) {
-            drained.notify_all();
-        }
-    }
-
-    /// The cancellation signals of the workers still running.
-    std::vector<std::shared_ptr<asio::cancellation_signal>> running_signals() {
-        std::lock_guard lock(mutex);
-        std::vector<std::shared_ptr<asio::cancellation_signal>> out;
-        out.reserve(signals.size());
-        for (auto& [id, signal] : signals) {
-            out.push_back(signal);
-        }
-        return out;
-    }
-
-    std::mutex mutex; ///< Guards live_workers and signals.
-    std::map<WorkerId, std::shared_ptr<asio::cancellation_signal>>
-        signals;                     ///< Running workers' stop signals.
-    std::condition_variable drained; ///< Signalled when live_workers reaches 0.
-    std::size_t live_workers = 0;    ///< Worker coroutines not yet finished.
-};
 
 /// The value type a loader's awaitable yields: `result<T>`.
 template <class F> using loader_result_t = typename awaitable_value<std::invoke_result_t<F&>>::type;
@@ -128,10 +86,12 @@ asio::awaitable<void> run_worker(std::shared_ptr<pool_core> core, std::shared_pt
                         cause.code() == errc::spawn_failed ? "" : fmt::format("{}: ", cause.code()),
                         cause.message().empty() ? "(the loader gave no reason)" : cause.message()));
         loaded.reset();
+        const auto mb = guard.size_mb();
         guard.release(); // memory is back before anyone learns of the failure
         core->metrics->worker_failed();
         core->logger->error("{}", error.message());
         router->worker_failed(id, error);
+        core->event(WorkerEventKind::failed, key, id, mb, error.message());
         co_return;
     }
 
@@ -142,6 +102,7 @@ asio::awaitable<void> run_worker(std::shared_ptr<pool_core> core, std::shared_pt
         core->metrics->worker_loaded();
         router->worker_loaded(id);
         core->logger->debug("{} worker {} for '{}' ready ({} MB)", Cap::name, id, key, guard.size_mb());
+        core->event(WorkerEventKind::loaded, key, id, guard.size_mb());
 
         auto executor = co_await asio::this_coro::executor;
         for (;;) {
@@ -153,13 +114,19 @@ asio::awaitable<void> run_worker(std::shared_ptr<pool_core> core, std::shared_pt
                 break;
             }
             co_await static_cast<detail::job<Cap>&>(*job).serve(calls);
-            router->request_served(id);
+            if (router->request_served(id)) {
+                core->logger->warn("{} worker {} for '{}' returned after being found stuck; it stops",
+                                   Cap::name, id, key);
+                break;
+            }
         }
     } // the model is destroyed before its memory is released
+    const auto mb = guard.size_mb();
     guard.release();
     core->metrics->worker_stopped();
     core->logger->debug("{} worker {} for '{}' stopped", Cap::name, id, key);
     router->worker_stopped(id);
+    core->event(WorkerEventKind::stopped, key, id, mb);
 }
 
 } // namespace modelpool::detail
