@@ -8,6 +8,7 @@
 // field and the values, before anything starts.
 #pragma once
 
+#include "modelpool/circuit_breaker.hpp"
 #include "modelpool/error.hpp"
 
 #include <chrono>
@@ -98,6 +99,15 @@ struct PoolOptions {
     /// wait in the queue). An expired request ends with `timeout` and frees its queue slot. Default 60 s.
     std::chrono::milliseconds request_timeout{60'000};
 
+    /// Deadline of a whole stream, from the call until its last chunk (queue wait and generation). An expired
+    /// stream ends with `timeout` and its model is told to stop. Default 10 minutes.
+    std::chrono::milliseconds stream_timeout{600'000};
+    /// The longest a stream may go without progress (no chunk produced or read) before it ends with
+    /// `timeout`. Default 60 s.
+    std::chrono::milliseconds stream_idle_timeout{60'000};
+    /// Per-key circuit breaker: opens after `failure_threshold` consecutive failures (model errors, timeouts,
+    /// load failures), stays open `open_time`, then admits `half_open_probes` probes. Defaults 5, 30 s, 1.
+    BreakerOptions breaker{};
     /// How long `stop()` lets in-flight requests finish before cancelling the rest. Default 30 s.
     std::chrono::milliseconds shutdown_timeout{30'000};
 
@@ -193,6 +203,17 @@ struct PoolOptions {
                 "retry backoff must satisfy 0 < retry_backoff_initial <= retry_backoff_max (got {} ms "
                 "and {} ms)",
                 retry_backoff_initial.count(), retry_backoff_max.count());
+        }
+        if (stream_timeout.count() <= 0) {
+            return fail(errc::invalid_argument, "stream_timeout must be positive (got {} ms)",
+                        stream_timeout.count());
+        }
+        if (stream_idle_timeout.count() <= 0) {
+            return fail(errc::invalid_argument, "stream_idle_timeout must be positive (got {} ms)",
+                        stream_idle_timeout.count());
+        }
+        if (auto valid = breaker.validate(); !valid) {
+            return fail(errc::invalid_argument, "breaker.{}", valid.error().message());
         }
         if (shutdown_timeout.count() < 0) {
             return fail(errc::invalid_argument, "shutdown_timeout must not be negative (got {} ms)",

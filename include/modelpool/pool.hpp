@@ -33,9 +33,12 @@
 #include "modelpool/detail/key_router.hpp"
 #include "modelpool/detail/worker.hpp"
 #include "modelpool/error.hpp"
+#include "modelpool/exposition.hpp"
 #include "modelpool/memory_governor.hpp"
 #include "modelpool/metrics.hpp"
+#include "modelpool/operations.hpp"
 #include "modelpool/options.hpp"
+#include "modelpool/request_options.hpp"
 #include "modelpool/stream.hpp"
 
 #include <spdlog/logger.h>
@@ -60,6 +63,8 @@
 #include <vector>
 
 namespace modelpool {
+
+class RequestScope;
 
 namespace detail {
 
@@ -101,7 +106,7 @@ concept model_loader = std::move_constructible<F> && std::invocable<F&> &&
 /// Streams, pending operations and callbacks must not outlive the pool; `AllocationGuard`s may (they keep the
 /// governor alive). Destroying the pool stops it (see `stop()`); do not destroy it from one of its own
 /// threads.
-class Pool {
+class Pool : public basic_operations<Pool> {
 public:
     /// The executor of the pool's io_context.
     using executor_type = asio::io_context::executor_type;
@@ -334,146 +339,47 @@ public:
         }
     }
 
-    // ---- requests: text_embedding
-    // ---------------------------------------------------------------------------
-
-    /// Embeds `text` with a worker of `key`. Completes with `void(result<Embedding>)`.
-    template <asio::completion_token_for<void(result<Embedding>)> CompletionToken = asio::use_awaitable_t<>>
-    auto embed(std::string_view key, std::string text, CompletionToken&& token = {}) {
-        return call<text_embedding>(key, text_embedding::embed_op{std::move(text), std::nullopt},
-                                    std::forward<CompletionToken>(token));
-    }
-
-    /// Embeds `text` for `task` (a model-specific instruction). Completes with `void(result<Embedding>)`.
-    template <asio::completion_token_for<void(result<Embedding>)> CompletionToken = asio::use_awaitable_t<>>
-    auto embed(std::string_view key, std::string text, std::optional<std::string> task,
-               CompletionToken&& token = {}) {
-        return call<text_embedding>(key, text_embedding::embed_op{std::move(text), std::move(task)},
-                                    std::forward<CompletionToken>(token));
-    }
-
-    /// Embeds each of `texts`, in order. Completes with `void(result<std::vector<Embedding>>)`.
-    template <asio::completion_token_for<void(result<std::vector<Embedding>>)> CompletionToken =
-                  asio::use_awaitable_t<>>
-    auto batch_embed(std::string_view key, std::vector<std::string> texts,
-                     std::optional<std::string> task = {}, CompletionToken&& token = {}) {
-        return call<text_embedding>(key, text_embedding::batch_embed_op{std::move(texts), std::move(task)},
-                                    std::forward<CompletionToken>(token));
-    }
-
-    // ---- requests: image_embedding
-    // --------------------------------------------------------------------------
-
-    /// Embeds the image file at `path`. Completes with `void(result<Embedding>)`.
-    template <asio::completion_token_for<void(result<Embedding>)> CompletionToken = asio::use_awaitable_t<>>
-    auto embed_image(std::string_view key, std::string path, CompletionToken&& token = {}) {
-        return call<image_embedding>(key, image_embedding::embed_image_op{std::move(path)},
-                                     std::forward<CompletionToken>(token));
-    }
-
-    /// Embeds the image at `url`. Completes with `void(result<Embedding>)`.
-    template <asio::completion_token_for<void(result<Embedding>)> CompletionToken = asio::use_awaitable_t<>>
-    auto embed_image_url(std::string_view key, std::string url, CompletionToken&& token = {}) {
-        return call<image_embedding>(key, image_embedding::embed_image_url_op{std::move(url)},
-                                     std::forward<CompletionToken>(token));
-    }
-
-    /// Embeds a base64-encoded image. Completes with `void(result<Embedding>)`.
-    template <asio::completion_token_for<void(result<Embedding>)> CompletionToken = asio::use_awaitable_t<>>
-    auto embed_image_base64(std::string_view key, std::string data, CompletionToken&& token = {}) {
-        return call<image_embedding>(key, image_embedding::embed_image_base64_op{std::move(data)},
-                                     std::forward<CompletionToken>(token));
-    }
-
-    /// Embeds each image file of `paths`, in order. Completes with `void(result<std::vector<Embedding>>)`.
-    template <asio::completion_token_for<void(result<std::vector<Embedding>>)> CompletionToken =
-                  asio::use_awaitable_t<>>
-    auto batch_embed_images(std::string_view key, std::vector<std::string> paths,
-                            CompletionToken&& token = {}) {
-        return call<image_embedding>(key, image_embedding::batch_embed_images_op{std::move(paths)},
-                                     std::forward<CompletionToken>(token));
-    }
-
-    // ---- requests: streams
-    // ------------------------------------------------------------------------------------
-
-    /// Generates text for `prompt`. Completes, once the request is queued, with
-    /// `void(result<Stream<CompletionChunk>>)`; later failures end the stream with an error.
-    template <asio::completion_token_for<void(result<Stream<CompletionChunk>>)> CompletionToken =
-                  asio::use_awaitable_t<>>
-    auto prompt(std::string_view key, std::string prompt, GenerationParams params = {},
-                CompletionToken&& token = {}) {
-        auto state = new_stream<CompletionChunk>();
-        text_to_text::prompt_op op{std::move(prompt), std::move(params), ChunkSink<CompletionChunk>(state)};
-        return call_stream<text_to_text>(key, std::move(op), std::move(state),
-                                         std::forward<CompletionToken>(token));
-    }
-
-    /// Describes the image file at `path` as asked by `query`. Completes with
-    /// `void(result<Stream<TextChunk>>)`.
-    template <
-        asio::completion_token_for<void(result<Stream<TextChunk>>)> CompletionToken = asio::use_awaitable_t<>>
-    auto describe_image(std::string_view key, std::string path, std::string query,
-                        CompletionToken&& token = {}) {
-        auto state = new_stream<TextChunk>();
-        vision::describe_image_op op{std::move(path), std::move(query), ChunkSink<TextChunk>(state)};
-        return call_stream<vision>(key, std::move(op), std::move(state),
-                                   std::forward<CompletionToken>(token));
-    }
-
-    /// Describes the image at `url` as asked by `query`. Completes with `void(result<Stream<TextChunk>>)`.
-    template <
-        asio::completion_token_for<void(result<Stream<TextChunk>>)> CompletionToken = asio::use_awaitable_t<>>
-    auto describe_url(std::string_view key, std::string url, std::string query,
-                      CompletionToken&& token = {}) {
-        auto state = new_stream<TextChunk>();
-        vision::describe_url_op op{std::move(url), std::move(query), ChunkSink<TextChunk>(state)};
-        return call_stream<vision>(key, std::move(op), std::move(state),
-                                   std::forward<CompletionToken>(token));
-    }
-
-    /// Generates an image for `prompt`: progress chunks, then the image. Completes with
-    /// `void(result<Stream<ImageChunk>>)`.
-    template <asio::completion_token_for<void(result<Stream<ImageChunk>>)> CompletionToken =
-                  asio::use_awaitable_t<>>
-    auto generate_image(std::string_view key, std::string prompt, ImageConfig config = {},
-                        CompletionToken&& token = {}) {
-        auto state = new_stream<ImageChunk>();
-        text_to_image::generate_image_op op{std::move(prompt), config, ChunkSink<ImageChunk>(state)};
-        return call_stream<text_to_image>(key, std::move(op), std::move(state),
-                                          std::forward<CompletionToken>(token));
-    }
-
     // ---- generic requests
     // -------------------------------------------------------------------------------------
 
     /// Sends unary operation `op` of capability `Cap` to a worker of `key`; the named operations call this.
     /// Completes with `void(result<Op::reply>)`: the reply, or `no_workers`, `overloaded`, `shutting_down`,
-    /// `invalid_argument` (key serves another capability), `spawn_failed`, `model_error` or `cancelled`.
+    /// `invalid_argument` (key serves another capability), `circuit_open`, `spawn_failed`,
+    /// `memory_exhausted` (a registered key could not start a worker), `timeout`, `model_error` or
+    /// `cancelled`.
     template <capability_descriptor Cap, unary_operation Op,
               asio::completion_token_for<void(result<typename Op::reply>)> CompletionToken>
     auto call(std::string_view key, Op op, CompletionToken&& token) {
+        return call<Cap>(key, std::move(op), RequestOptions{}, std::forward<CompletionToken>(token));
+    }
+
+    /// As `call(key, op, token)`, with per-call `request` options (e.g. a deadline).
+    template <capability_descriptor Cap, unary_operation Op,
+              asio::completion_token_for<void(result<typename Op::reply>)> CompletionToken>
+    auto call(std::string_view key, Op op, const RequestOptions& request, CompletionToken&& token) {
         using job_type = detail::unary_job<Cap, Op>;
         return asio::async_initiate<CompletionToken, void(result<typename Op::reply>)>(
-            [this](auto handler, std::string key, Op op) {
-                core_->metrics->request();
-                auto router = router_for<Cap>(key, false);
-                if (!router) {
-                    core_->metrics->outcome(false, router.error().code());
+            [this](auto handler, std::string key, Op op, RequestOptions request) {
+                auto admitted = admit<Cap>(key, request);
+                if (!admitted) {
                     detail::post_completion(
                         std::move(handler), fallback_->get(),
-                        result<typename Op::reply>(unexpected<PoolError>(router.error())));
+                        result<typename Op::reply>(unexpected<PoolError>(admitted.error())));
                     return;
                 }
+                auto& router = admitted->router;
                 auto executor = detail::completion_executor(handler, fallback_->get());
                 auto job = std::make_shared<job_type>(
                     std::move(op), typename job_type::handler_type(std::move(handler)), std::move(executor));
-                job->metrics = core_->metrics;
-                stamp(*job);
+                job->stats = router->stats();
+                job->permit = admitted->permit;
+                job->enqueued_at = clock_->now();
+                job->deadline = Clock::saturating_add(job->enqueued_at,
+                                                      request.timeout.value_or(options_.request_timeout));
                 if (auto slot = job->cancellation_slot(); slot.is_connected()) {
                     slot.assign(
                         [weak_job = std::weak_ptr<job_type>(job),
-                         weak_router = std::weak_ptr<detail::key_router>(*router)](asio::cancellation_type) {
+                         weak_router = std::weak_ptr<detail::key_router>(router)](asio::cancellation_type) {
                             // Everything this handler needs goes into locals first: cancel() completes the
                             // request, whose completion clears the slot and so destroys this handler, maybe
                             // on another thread.
@@ -484,11 +390,11 @@ public:
                             }
                         });
                 }
-                if (auto submitted = (*router)->submit(job); !submitted) {
+                if (auto submitted = router->submit(job); !submitted) {
                     job->fail(submitted.error());
                 }
             },
-            token, std::string(key), std::move(op));
+            token, std::string(key), std::move(op), request);
     }
 
     /// Sends streaming operation `op` (whose sink writes into `state`) to a worker of `key`. Completes with
@@ -498,21 +404,38 @@ public:
     auto call_stream(std::string_view key, Op op,
                      std::shared_ptr<detail::stream_state<typename Op::chunk>> state,
                      CompletionToken&& token) {
+        return call_stream<Cap>(key, std::move(op), std::move(state), RequestOptions{},
+                                std::forward<CompletionToken>(token));
+    }
+
+    /// As `call_stream(key, op, state, token)`, with per-call `request` options (whole-stream deadline, idle
+    /// timeout).
+    template <capability_descriptor Cap, streaming_operation Op,
+              asio::completion_token_for<void(result<Stream<typename Op::chunk>>)> CompletionToken>
+    auto call_stream(std::string_view key, Op op,
+                     std::shared_ptr<detail::stream_state<typename Op::chunk>> state,
+                     const RequestOptions& request, CompletionToken&& token) {
         using chunk = typename Op::chunk;
         return asio::async_initiate<CompletionToken, void(result<Stream<chunk>>)>(
-            [this](auto handler, std::string key, Op op, std::shared_ptr<detail::stream_state<chunk>> state) {
-                core_->metrics->request();
-                auto router = router_for<Cap>(key, false);
-                if (!router) {
-                    core_->metrics->outcome(false, router.error().code());
+            [this](auto handler, std::string key, Op op, std::shared_ptr<detail::stream_state<chunk>> state,
+                   RequestOptions request) {
+                auto admitted = admit<Cap>(key, request);
+                if (!admitted) {
                     detail::post_completion(std::move(handler), fallback_->get(),
-                                            result<Stream<chunk>>(unexpected<PoolError>(router.error())));
+                                            result<Stream<chunk>>(unexpected<PoolError>(admitted.error())));
                     return;
                 }
-                auto job = std::make_shared<detail::stream_job<Cap, Op>>(std::move(op), state);
-                job->metrics = core_->metrics;
-                stamp(*job);
-                if (auto submitted = (*router)->submit(job); !submitted) {
+                auto& router = admitted->router;
+                const auto now = clock_->now();
+                const auto whole =
+                    Clock::saturating_add(now, request.timeout.value_or(options_.stream_timeout));
+                auto job = std::make_shared<detail::stream_job<Cap, Op>>(
+                    std::move(op), state, whole, request.idle_timeout.value_or(options_.stream_idle_timeout));
+                job->stats = router->stats();
+                job->permit = admitted->permit;
+                job->enqueued_at = now;
+                job->deadline = std::min(whole, Clock::saturating_add(now, options_.request_timeout));
+                if (auto submitted = router->submit(job); !submitted) {
                     job->fail(submitted.error());
                     detail::post_completion(std::move(handler), fallback_->get(),
                                             result<Stream<chunk>>(unexpected<PoolError>(submitted.error())));
@@ -521,14 +444,24 @@ public:
                 detail::post_completion(std::move(handler), fallback_->get(),
                                         result<Stream<chunk>>(Stream<chunk>(std::move(state))));
             },
-            token, std::string(key), std::move(op), std::move(state));
+            token, std::string(key), std::move(op), std::move(state), request);
     }
+
+    /// A scope whose operations use `request` (e.g. `pool.with({.timeout = 2s}).embed("bert", "hi")`). It
+    /// refers to this pool and must not outlive it.
+    [[nodiscard]] RequestScope with(RequestOptions request) noexcept;
 
     // ---- observing
     // --------------------------------------------------------------------------------------------
 
     /// The pool's counters.
     [[nodiscard]] MetricsSnapshot metrics() const { return core_->metrics->snapshot(); }
+
+    /// Counters, per-key gauges and latency histograms in the Prometheus text exposition format (see
+    /// exposition.hpp for the metric names), e.g. for an HTTP `/metrics` endpoint.
+    [[nodiscard]] std::string prometheus() const {
+        return prometheus_text(metrics(), snapshot(), governor_->stats());
+    }
 
     /// Workers per state, queue depth and memory of every key, sorted by key.
     [[nodiscard]] std::vector<KeySnapshot> snapshot() const {
@@ -632,6 +565,8 @@ public:
     }
 
 private:
+    friend class basic_operations<Pool>;
+    friend class RequestScope;
     struct private_tag {};
 
     // `reserved`: the worker fills a slot its router reserved (registered models).
@@ -946,15 +881,47 @@ private:
         return it->second;
     }
 
-    /// Sets a new request's enqueue time and deadline from the pool's clock.
-    void stamp(detail::job_base& job) const {
-        job.enqueued_at = clock_->now();
-        job.deadline = Clock::saturating_add(job.enqueued_at, options_.request_timeout);
+    struct admission {
+        std::shared_ptr<detail::key_router> router;
+        CircuitBreaker::Permit permit;
+    };
+
+    // Counts the request and finds its key's router, checks the per-call options and asks the key's circuit
+    // breaker; a refusal is counted as the request's outcome.
+    template <class Cap> result<admission> admit(std::string_view key, const RequestOptions& request) {
+        core_->metrics->request();
+        auto admitted = [&]() -> result<admission> {
+            if (request.timeout && request.timeout->count() <= 0) {
+                return fail(errc::invalid_argument,
+                            "timeout for a request to '{}' must be positive (got {} ms)", key,
+                            request.timeout->count());
+            }
+            if (request.idle_timeout && request.idle_timeout->count() <= 0) {
+                return fail(errc::invalid_argument,
+                            "idle_timeout for a request to '{}' must be positive (got {} ms)", key,
+                            request.idle_timeout->count());
+            }
+            auto router = router_for<Cap>(key, false);
+            if (!router) {
+                return unexpected<PoolError>(router.error());
+            }
+            auto permit = (*router)->admit();
+            if (!permit) {
+                return unexpected<PoolError>(permit.error());
+            }
+            return admission{std::move(*router), *permit};
+        }();
+        if (!admitted) {
+            core_->metrics->outcome(false, admitted.error().code());
+        }
+        return admitted;
     }
 
     template <class Chunk> std::shared_ptr<detail::stream_state<Chunk>> new_stream() {
-        return detail::make_stream_state<Chunk>(std::shared_ptr<const detail::fallback_executor>(fallback_),
-                                                options_.stream_capacity);
+        auto state = detail::make_stream_state<Chunk>(
+            std::shared_ptr<const detail::fallback_executor>(fallback_), options_.stream_capacity);
+        state->track_progress(clock_);
+        return state;
     }
 
     PoolOptions options_;
@@ -984,5 +951,48 @@ private:
     std::once_flag stopper_once_;
     std::thread stopper_; // finishes a stop() that began on a pool thread
 };
+
+/// Sends requests to a `Pool` with per-call options: what `Pool::with` returns. Offers every named operation
+/// of the pool (`embed`, `prompt`, ...). A cheap value (a pointer and the options); must not outlive the
+/// pool.
+class RequestScope : public basic_operations<RequestScope> {
+public:
+    /// A scope sending to `pool` with `request`.
+    RequestScope(Pool& pool, RequestOptions request) noexcept : pool_(&pool), request_(request) {}
+
+    /// `Pool::call` with this scope's options.
+    template <capability_descriptor Cap, unary_operation Op,
+              asio::completion_token_for<void(result<typename Op::reply>)> CompletionToken>
+    auto call(std::string_view key, Op op, CompletionToken&& token) {
+        return pool_->call<Cap>(key, std::move(op), request_, std::forward<CompletionToken>(token));
+    }
+
+    /// `Pool::call_stream` with this scope's options.
+    template <capability_descriptor Cap, streaming_operation Op,
+              asio::completion_token_for<void(result<Stream<typename Op::chunk>>)> CompletionToken>
+    auto call_stream(std::string_view key, Op op,
+                     std::shared_ptr<detail::stream_state<typename Op::chunk>> state,
+                     CompletionToken&& token) {
+        return pool_->call_stream<Cap>(key, std::move(op), std::move(state), request_,
+                                       std::forward<CompletionToken>(token));
+    }
+
+    /// The options this scope sends with.
+    [[nodiscard]] const RequestOptions& options() const noexcept { return request_; }
+
+private:
+    friend class basic_operations<RequestScope>;
+
+    template <class Chunk> std::shared_ptr<detail::stream_state<Chunk>> new_stream() {
+        return pool_->new_stream<Chunk>();
+    }
+
+    Pool* pool_;
+    RequestOptions request_;
+};
+
+inline RequestScope Pool::with(RequestOptions request) noexcept {
+    return RequestScope(*this, request);
+}
 
 } // namespace modelpool

@@ -11,9 +11,11 @@
 #pragma once
 
 #include "modelpool/asio.hpp"
+#include "modelpool/clock.hpp"
 #include "modelpool/detail/completion.hpp"
 #include "modelpool/error.hpp"
 
+#include <atomic>
 #include <condition_variable>
 #include <cstddef>
 #include <deque>
@@ -39,6 +41,18 @@ public:
     stream_state(std::shared_ptr<const fallback_executor> fallback, std::size_t capacity)
         : fallback_(std::move(fallback)), capacity_(capacity == 0 ? 1 : capacity) {}
 
+    /// Makes the state record when chunks move (for the idle timeout), read from `clock`. Call before the
+    /// state is shared.
+    void track_progress(std::shared_ptr<Clock> clock) {
+        clock_ = std::move(clock);
+        touch();
+    }
+
+    /// When a chunk last moved (was produced into the stream or read from it), or when tracking began.
+    [[nodiscard]] Clock::time_point last_progress() const noexcept {
+        return Clock::time_point{Clock::duration{last_progress_.load(std::memory_order_relaxed)}};
+    }
+
     /// The executor used for completions whose handlers have none of their own.
     asio::any_io_executor executor() const { return fallback_ ? fallback_->get() : executor_; }
 
@@ -57,6 +71,7 @@ public:
         if (reader_) {
             auto [handler, executor] = take_reader();
             lock.unlock();
+            touch();
             post_completion(std::move(handler), executor, result<std::optional<Chunk>>(std::move(chunk)));
             return send_status::sent;
         }
@@ -64,6 +79,8 @@ public:
             return send_status::full;
         }
         buffer_.push_back(std::move(chunk));
+        lock.unlock();
+        touch();
         return send_status::sent;
     }
 
@@ -80,6 +97,7 @@ public:
         if (reader_) {
             auto [reader, reader_executor] = take_reader();
             lock.unlock();
+            touch();
             post_completion(std::move(reader), reader_executor,
                             result<std::optional<Chunk>>(std::move(chunk)));
             post_completion(std::move(handler), executor, true);
@@ -88,6 +106,7 @@ public:
         if (buffer_.size() < capacity_) {
             buffer_.push_back(std::move(chunk));
             lock.unlock();
+            touch();
             post_completion(std::move(handler), executor, true);
             return;
         }
@@ -162,6 +181,7 @@ public:
                 buffer_.push_back(std::move(writer->chunk));
             }
             lock.unlock();
+            touch();
             space_.notify_one();
             if (writer) {
                 post_completion(std::move(writer->handler), writer->executor, true);
@@ -202,6 +222,13 @@ public:
     /// Lets the state hand out weak references to itself for cancellation handlers.
     void set_self(const std::shared_ptr<stream_state>& self) { self_ = self; }
 
+    /// Records progress now (a chunk moved, or generation started).
+    void touch() noexcept {
+        if (clock_) {
+            last_progress_.store(clock_->now().time_since_epoch().count(), std::memory_order_relaxed);
+        }
+    }
+
 private:
     std::pair<next_handler, asio::any_io_executor> take_reader() {
         auto reader = std::move(*reader_);
@@ -233,6 +260,8 @@ private:
     asio::any_io_executor executor_;
     std::shared_ptr<const fallback_executor> fallback_;
     std::size_t capacity_;
+    std::shared_ptr<Clock> clock_; // set before the stream is shared (track_progress)
+    std::atomic<Clock::duration::rep> last_progress_{0};
     std::weak_ptr<stream_state> self_;
     mutable std::mutex mutex_;
     std::condition_variable space_;

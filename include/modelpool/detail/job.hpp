@@ -8,10 +8,11 @@
 #include "modelpool/asio.hpp"
 #include "modelpool/detail/completion.hpp"
 #include "modelpool/detail/invoker.hpp"
+#include "modelpool/detail/key_stats.hpp"
 #include "modelpool/error.hpp"
-#include "modelpool/metrics.hpp"
 #include "modelpool/stream.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <memory>
@@ -37,17 +38,33 @@ public:
     std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
 
     /// True when the deadline also covers serving (unary requests); false when it covers only the wait in the
-    /// queue (streams, whose generation has its own budget).
+    /// queue (streams: `running_deadline` covers their generation). A worker still serving a request past a
+    /// deadline that covers service is stuck.
     [[nodiscard]] virtual bool deadline_covers_service() const noexcept { return true; }
 
-    /// Where the outcome is counted (set by the pool before submitting).
-    std::shared_ptr<pool_metrics> metrics;
+    /// When the request times out while a worker serves it: `deadline` for unary requests; for streams the
+    /// whole-stream deadline or the idle deadline (last progress plus the idle timeout), whichever is first.
+    [[nodiscard]] virtual Clock::time_point running_deadline() const noexcept { return deadline; }
+
+    /// Where the outcome is counted: pool counters, the key's breaker and histograms (set before submitting).
+    std::shared_ptr<key_stats> stats;
+
+    /// What the key's circuit breaker admitted the request as.
+    CircuitBreaker::Permit permit{CircuitBreaker::Permit::kind_t::allowed, 0};
 
 protected:
+    /// Notes that a worker starts serving the request now (for the service-time histogram).
+    void mark_started() noexcept {
+        if (stats) {
+            started_ticks_.store(stats->clock->now().time_since_epoch().count(), std::memory_order_relaxed);
+        }
+    }
+
     /// Counts the outcome of a request that this caller just claimed.
     void count(bool ok, errc code) const noexcept {
-        if (metrics) {
-            metrics->outcome(ok, code);
+        if (stats) {
+            const Clock::time_point started{Clock::duration{started_ticks_.load(std::memory_order_relaxed)}};
+            stats->record(enqueued_at, started, permit, ok, code);
         }
     }
 
@@ -56,6 +73,7 @@ protected:
 
 private:
     std::atomic<bool> done_{false};
+    std::atomic<Clock::duration::rep> started_ticks_{0}; // when a worker started it; 0 until then
 };
 
 /// A request of capability `Cap`, runnable by a worker of that capability.
@@ -79,6 +97,7 @@ public:
         if (this->done()) {
             co_return; // cancelled or timed out on its way to the worker: do not run the model for nobody
         }
+        this->mark_started();
         auto outcome = co_await model.call(op_);
         complete(std::move(outcome));
     }
@@ -122,7 +141,15 @@ template <class Cap, class Op> class stream_job final : public job<Cap> {
 public:
     using state_type = stream_state<typename Op::chunk>; ///< The shared stream state.
 
-    stream_job(Op op, std::shared_ptr<state_type> state) : op_(std::move(op)), state_(std::move(state)) {}
+    /// `stream_deadline` ends the whole stream; `idle_timeout` bounds the time without progress once it runs.
+    stream_job(Op op, std::shared_ptr<state_type> state, Clock::time_point stream_deadline,
+               Clock::duration idle_timeout)
+        : op_(std::move(op)), state_(std::move(state)), stream_deadline_(stream_deadline),
+          idle_timeout_(idle_timeout) {}
+
+    [[nodiscard]] Clock::time_point running_deadline() const noexcept override {
+        return std::min(stream_deadline_, Clock::saturating_add(state_->last_progress(), idle_timeout_));
+    }
 
     asio::awaitable<void> serve(const invoker<Cap>& model) override {
         if (state_->abandoned()) {
@@ -130,13 +157,16 @@ public:
             finish(modelpool::fail(errc::cancelled, "{} stream was abandoned before it started", Op::name));
             co_return;
         }
+        this->mark_started();
+        state_->touch(); // the idle timeout counts from the start of generation, not from the call
         auto outcome = co_await model.call(op_);
         finish(std::move(outcome));
     }
 
     void fail(const PoolError& error) override { finish(unexpected<PoolError>(error)); }
 
-    /// A stream's deadline covers its wait in the queue; once generation starts, the reader paces it.
+    /// A stream's `deadline` covers its wait in the queue; once generation starts, `running_deadline`
+    /// applies.
     [[nodiscard]] bool deadline_covers_service() const noexcept override { return false; }
 
     /// A request whose reader has gone counts as done: a worker skips it.
@@ -152,6 +182,8 @@ private:
 
     Op op_;
     std::shared_ptr<state_type> state_;
+    Clock::time_point stream_deadline_;
+    Clock::duration idle_timeout_;
 };
 
 } // namespace modelpool::detail

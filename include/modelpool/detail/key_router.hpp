@@ -22,10 +22,12 @@
 #include "modelpool/detail/backoff.hpp"
 #include "modelpool/detail/completion.hpp"
 #include "modelpool/detail/job.hpp"
+#include "modelpool/detail/key_stats.hpp"
 #include "modelpool/detail/memory_wait.hpp"
 #include "modelpool/detail/pool_core.hpp"
 #include "modelpool/detail/scaling_policy.hpp"
 #include "modelpool/error.hpp"
+#include "modelpool/key_snapshot.hpp"
 #include "modelpool/worker_state.hpp"
 
 #include <algorithm>
@@ -44,43 +46,6 @@
 #include <vector>
 
 namespace modelpool {
-
-/// Counts of one key's workers and requests, as `Pool::snapshot` reports them.
-struct KeySnapshot {
-    std::string key;                      ///< The registry key.
-    std::string_view capability;          ///< Its capability name, e.g. "text_embedding".
-    std::array<std::size_t, 8> workers{}; ///< Workers per `WorkerState`, indexed by the enum's value.
-    std::size_t queue_depth = 0;          ///< Requests waiting for a worker.
-    std::size_t queue_capacity = 0;       ///< The queue's bound.
-    std::size_t memory_mb = 0;            ///< Memory reserved by the key's live workers.
-    std::uint64_t served = 0;             ///< Requests its workers have completed.
-    std::size_t unhealthy =
-        0; ///< Busy workers stuck past a request's deadline (replaced; they stop when they return).
-    std::size_t reserved = 0;    ///< Workers decided on but not spawned yet (e.g. waiting for memory).
-    bool registered = false;     ///< The key is a registered model (the pool manages its workers).
-    std::size_t min_workers = 0; ///< A registered key's minimum workers.
-    std::size_t max_workers = 0; ///< A registered key's maximum workers (0 for keys that are not registered).
-    std::size_t load_failures = 0; ///< Consecutive failed loads (0 after a load succeeds).
-    bool failing_fast = false;     ///< Retries are exhausted: requests get `spawn_failed` at once for now.
-    std::string last_load_error;   ///< The last loader error, or empty.
-
-    /// Workers in `state`.
-    [[nodiscard]] std::size_t count(WorkerState state) const {
-        return workers[static_cast<std::size_t>(state)];
-    }
-    /// Workers that hold a model and can serve (ready, busy or idle).
-    [[nodiscard]] std::size_t serving() const {
-        return count(WorkerState::ready) + count(WorkerState::busy) + count(WorkerState::idle);
-    }
-    /// Workers not yet able to serve (spawning or loading).
-    [[nodiscard]] std::size_t starting() const {
-        return count(WorkerState::spawning) + count(WorkerState::loading);
-    }
-    /// Readiness: at least one healthy worker can serve now.
-    [[nodiscard]] bool ready() const { return serving() > unhealthy; }
-    /// Liveness: no worker is stuck past a request's deadline, and loading is not failing fast.
-    [[nodiscard]] bool live() const { return unhealthy == 0 && !failing_fast; }
-};
 
 namespace detail {
 
@@ -105,6 +70,7 @@ public:
                std::size_t queue_capacity, std::shared_ptr<pool_core> core)
         : key_(std::move(key)), capability_(capability), capability_name_(capability_name),
           queue_capacity_(queue_capacity), core_(std::move(core)), strand_(asio::make_strand(core_->io)),
+          stats_(std::make_shared<key_stats>(core_->metrics, core_->clock, core_->options->breaker)),
           jitter_(core_->seed ^ std::hash<std::string>{}(key_)) {}
 
     /// The registry key.
@@ -113,6 +79,27 @@ public:
     [[nodiscard]] std::type_index capability() const noexcept { return capability_; }
     /// The capability's name.
     [[nodiscard]] std::string_view capability_name() const noexcept { return capability_name_; }
+
+    /// The key's breaker, histograms and counters, which its requests report to.
+    [[nodiscard]] const std::shared_ptr<key_stats>& stats() const noexcept { return stats_; }
+
+    /// Asks the key's circuit breaker to admit a request; `circuit_open` (counted) when it is open.
+    result<CircuitBreaker::Permit> admit() {
+        const auto now = core_->clock->now();
+        auto permit = stats_->breaker.try_admit(now);
+        if (permit) {
+            return permit;
+        }
+        core_->metrics->circuit_rejection();
+        const auto until = stats_->breaker.open_until();
+        return fail(
+            errc::circuit_open, "circuit of '{}' is open after {} failures in a row; {}", key_,
+            stats_->breaker.options().failure_threshold,
+            until > now
+                ? fmt::format("next probe in {} ms",
+                              std::chrono::duration_cast<std::chrono::milliseconds>(until - now).count())
+                : std::string("probes are in flight"));
+    }
 
     /// Starts the key's deadline sweeper (see `sweep`). `self` must own this router.
     void start(const std::shared_ptr<key_router>& self) {
@@ -285,6 +272,7 @@ public:
                 ++load_failures_;
                 last_load_error_ = error.message();
             }
+            stats_->record_load_failure();
             if (alive_locked() == 0) {
                 if (!spec_) {
                     take_queue_locked(orphans);
@@ -337,7 +325,7 @@ public:
         if (!parked_.empty()) {
             auto [id, handler, executor, parked_at] = std::move(parked_.back());
             parked_.pop_back();
-            const bool wake = job->deadline_covers_service() && job->deadline < armed_;
+            const bool wake = job->running_deadline() < armed_;
             start_locked(id, job);
             lock.unlock();
             post_completion(std::move(handler), executor, std::move(job));
@@ -514,7 +502,11 @@ public:
                          .max_workers = spec_ ? spec_->max_workers : 0,
                          .load_failures = load_failures_,
                          .failing_fast = failing_fast_,
-                         .last_load_error = last_load_error_};
+                         .last_load_error = last_load_error_,
+                         .circuit = stats_->breaker.state(core_->clock->now()),
+                         .consecutive_failures = stats_->breaker.consecutive_failures(),
+                         .queue_wait = stats_->queue_wait.snapshot(),
+                         .service_time = stats_->service.snapshot()};
         for (const auto& [id, entry] : workers_) {
             ++snap.workers[static_cast<std::size_t>(entry.state)];
             snap.memory_mb += entry.memory_mb;
@@ -827,18 +819,19 @@ private:
             }
         }
         for (auto& [id, entry] : workers_) {
-            if (!entry.current || entry.current->done() || !entry.current->deadline_covers_service()) {
+            if (!entry.current || entry.current->done()) {
                 continue;
             }
-            if (entry.current->deadline <= now) {
+            const auto deadline = entry.current->running_deadline();
+            if (deadline <= now) {
                 expired.emplace_back(entry.current, true);
-                if (!entry.unhealthy) {
+                if (entry.current->deadline_covers_service() && !entry.unhealthy) {
                     entry.unhealthy = true;
                     ++unhealthy_;
                     ++stuck;
                 }
             } else {
-                earliest = std::min(earliest, entry.current->deadline);
+                earliest = std::min(earliest, deadline);
             }
         }
         return earliest;
@@ -940,6 +933,7 @@ private:
     const std::size_t queue_capacity_;
     const std::shared_ptr<pool_core> core_;
     const asio::strand<asio::any_io_executor> strand_; // the sweeper and memory waits run here
+    const std::shared_ptr<key_stats> stats_;
 
     mutable std::mutex mutex_;
     std::deque<job_ptr> queue_;
