@@ -468,10 +468,10 @@ TEST_CASE("the first SIGINT stops the pool gracefully - a second one stops it at
     {
         StopOnSignals on_signals(pool);
         std::raise(SIGINT);
-        while (on_signals.signals_received() < 1) {
+        while (!pool.stopping()) {
             std::this_thread::yield(); // the handler runs on the pool's io thread
         }
-        CHECK(pool.stopping());
+        CHECK(on_signals.signals_received() == 1);
         auto stopped = std::async(std::launch::async, [&pool] { pool.wait_stopped(); });
         CHECK(still_pending(stopped)); // graceful: the busy request may still finish
         CHECK(still_pending(busy));
@@ -484,4 +484,92 @@ TEST_CASE("the first SIGINT stops the pool gracefully - a second one stops it at
     CHECK(ended.error().code() == errc::shutting_down);
     // The model waits on a gate that ignores cancellation: the pool says so, and frees it when destroyed.
     CHECK(log.count("warning", {"ignored cancellation"}) == 1);
+}
+
+namespace {
+
+/// An embedder whose "sleep" input waits an hour on the pool's clock, a wait that honours cancellation; it
+/// counts the calls that were interrupted.
+struct SleepyEmbedder {
+    std::shared_ptr<ManualClock> clock;
+    std::shared_ptr<Tally> started = std::make_shared<Tally>();
+    std::shared_ptr<Tally> interrupted = std::make_shared<Tally>();
+
+    asio::awaitable<result<Embedding>> embed(const std::string& text, const std::optional<std::string>&) {
+        if (text == "sleep") {
+            started->arrive();
+            auto executor = co_await asio::this_coro::executor;
+            const std::error_code ec = co_await clock->async_wait_for(executor, 1h, asio::use_awaitable);
+            if (ec) {
+                interrupted->arrive();
+                co_return fail(errc::model_error, "interrupted");
+            }
+        }
+        co_return Embedding{static_cast<float>(text.size())};
+    }
+
+    asio::awaitable<result<std::vector<Embedding>>> batch_embed(const std::vector<std::string>&,
+                                                                const std::optional<std::string>&) {
+        co_return std::vector<Embedding>{};
+    }
+};
+
+} // namespace
+
+TEST_CASE("cancelling a running request stops its coroutine model call - the worker then serves on",
+          "[cancel]") {
+    const std::size_t io_threads = GENERATE(1, 2); // 2: workers run on strands
+    INFO("io_threads " << io_threads);
+    LogCapture log;
+    auto clock = std::make_shared<ManualClock>();
+    auto options = clocked(log, clock);
+    options.io_threads = io_threads;
+    Pool pool(options);
+    SleepyEmbedder model{clock};
+    auto guard = pool.governor().try_allocate(1, "bert");
+    REQUIRE(guard.has_value());
+    REQUIRE(pool.spawn_text_embedding_worker("bert", ready_loader(model), 1, std::move(*guard)));
+
+    asio::cancellation_signal signal;
+    auto sleeping =
+        pool.embed("bert", "sleep", asio::bind_cancellation_slot(signal.slot(), asio::use_future));
+    REQUIRE(model.started->wait_for(1));
+    signal.emit(asio::cancellation_type::terminal);
+    auto cancelled = ready_within(sleeping);
+    REQUIRE_FALSE(cancelled.has_value());
+    CHECK(cancelled.error().code() == errc::cancelled);
+    CHECK(model.interrupted->wait_for(1)); // the model's wait was aborted: no hour-long call for nobody
+
+    auto next = pool.embed("bert", "next", asio::use_future); // the same worker, with a clean state
+    auto served = ready_within(next);
+    REQUIRE(served.has_value());
+    CHECK(served->at(0) == 4.0F);
+    auto again = pool.embed("bert", "sleep", asio::use_future); // not cancelled by the earlier signal
+    REQUIRE(model.started->wait_for(2));
+    CHECK(still_pending(again));
+    CHECK(model.interrupted->count() == 1);
+}
+
+TEST_CASE("a running request that times out has its model call stopped - a worker that stops in time is not "
+          "stuck",
+          "[cancel][deadline][health]") {
+    LogCapture log;
+    auto clock = std::make_shared<ManualClock>();
+    Pool pool(clocked(log, clock)); // request_timeout 5 s
+    SleepyEmbedder model{clock};
+    auto guard = pool.governor().try_allocate(1, "bert");
+    REQUIRE(guard.has_value());
+    REQUIRE(pool.spawn_text_embedding_worker("bert", ready_loader(model), 1, std::move(*guard)));
+    auto sleeping = pool.embed("bert", "sleep", asio::use_future);
+    REQUIRE(model.started->wait_for(1));
+    clock->advance(5s);
+    CHECK(ready_within(sleeping).error().code() == errc::timeout);
+    REQUIRE(model.interrupted->wait_for(1));
+    clock->advance(2s); // past stuck_grace: the worker returned in time, so it is healthy
+    auto next = pool.embed("bert", "next", asio::use_future);
+    REQUIRE(ready_within(next).has_value());
+    const auto snap = *pool.snapshot("bert");
+    CHECK(snap.unhealthy == 0);
+    CHECK(snap.live());
+    CHECK(pool.metrics().workers_unhealthy == 0);
 }

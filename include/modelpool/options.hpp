@@ -108,6 +108,9 @@ struct PoolOptions {
     /// Per-key circuit breaker: opens after `failure_threshold` consecutive failures (model errors, timeouts,
     /// load failures), stays open `open_time`, then admits `half_open_probes` probes. Defaults 5, 30 s, 1.
     BreakerOptions breaker{};
+    /// How long a worker may go on serving a request after the request's deadline (it is asked to stop then)
+    /// before it counts as stuck: unhealthy, replaced if its key is registered. Default 1 s.
+    std::chrono::milliseconds stuck_grace{1'000};
     /// How long `stop()` lets in-flight requests finish before cancelling the rest. Default 30 s.
     std::chrono::milliseconds shutdown_timeout{30'000};
 
@@ -211,6 +214,10 @@ struct PoolOptions {
         if (stream_idle_timeout.count() <= 0) {
             return fail(errc::invalid_argument, "stream_idle_timeout must be positive (got {} ms)",
                         stream_idle_timeout.count());
+        }
+        if (stuck_grace.count() < 0) {
+            return fail(errc::invalid_argument, "stuck_grace must not be negative (got {} ms)",
+                        stuck_grace.count());
         }
         if (auto valid = breaker.validate(); !valid) {
             return fail(errc::invalid_argument, "breaker.{}", valid.error().message());

@@ -387,6 +387,7 @@ public:
                             auto router = weak_router.lock();
                             if (job && job->cancel() && router) {
                                 router->remove(job.get());
+                                router->interrupt(job); // if a worker serves it, stop the model call
                             }
                         });
                 }
@@ -582,14 +583,19 @@ private:
             return unexpected<PoolError>(router.error());
         }
         const WorkerId id = next_worker_id_.fetch_add(1, std::memory_order_relaxed);
-        if (auto added = (*router)->add_worker(id, per_worker_mb, reserved); !added) {
+        auto stop_signal = std::make_shared<asio::cancellation_signal>();
+        // With several io threads a worker runs on its own strand, so that interrupting its model call
+        // (emitting its signal on its executor) never races with the worker itself.
+        const asio::any_io_executor executor =
+            options_.io_threads > 1 ? asio::any_io_executor(asio::make_strand(io_->get_executor()))
+                                    : asio::any_io_executor(io_->get_executor());
+        if (auto added = (*router)->add_worker(id, per_worker_mb, reserved, stop_signal, executor); !added) {
             return unexpected<PoolError>(added.error());
         }
         core_->metrics->worker_spawned();
         core_->event(WorkerEventKind::spawned, registry_key, id, per_worker_mb);
-        auto stop_signal = std::make_shared<asio::cancellation_signal>();
         auto ticket = std::make_unique<detail::gate_ticket>(core_, id, stop_signal);
-        asio::co_spawn(io_->get_executor(),
+        asio::co_spawn(executor,
                        detail::run_worker<Cap, T>(core_, *router, id, std::move(model_loader),
                                                   std::move(allocation_guard), std::move(ticket)),
                        asio::bind_cancellation_slot(stop_signal->slot(), asio::detached));

@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <memory>
 #include <utility>
 
@@ -48,6 +49,9 @@ public:
 
     /// Where the outcome is counted: pool counters, the key's breaker and histograms (set before submitting).
     std::shared_ptr<key_stats> stats;
+
+    /// The worker serving the request (0 until one takes it); written and read under the router's lock.
+    std::uint64_t worker = 0;
 
     /// What the key's circuit breaker admitted the request as.
     CircuitBreaker::Permit permit{CircuitBreaker::Permit::kind_t::allowed, 0};

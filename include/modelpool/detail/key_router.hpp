@@ -229,12 +229,20 @@ public:
 
     /// Records a new worker in state `spawning`; `reserved` when it fills a slot the router reserved. Fails
     /// with `shutting_down` once the router is closed.
-    result<void> add_worker(WorkerId id, std::size_t memory_mb, bool reserved = false) {
+    /// `stop` and `executor` are the worker coroutine's cancellation signal and executor: emitting the signal
+    /// there interrupts what the worker awaits (see `interrupt`).
+    result<void> add_worker(WorkerId id, std::size_t memory_mb, bool reserved = false,
+                            std::weak_ptr<asio::cancellation_signal> stop = {},
+                            asio::any_io_executor executor = {}) {
         std::lock_guard lock(mutex_);
         if (closed_) {
             return fail(errc::shutting_down, "cannot spawn a worker for '{}': {}", key_, closed_reason_);
         }
-        workers_.emplace(id, worker_entry{.memory_mb = memory_mb, .current = nullptr});
+        worker_entry entry;
+        entry.memory_mb = memory_mb;
+        entry.stop = std::move(stop);
+        entry.executor = std::move(executor);
+        workers_.emplace(id, std::move(entry));
         ++state_counts_[static_cast<std::size_t>(WorkerState::spawning)];
         if (reserved && reserved_ > 0) {
             --reserved_;
@@ -269,11 +277,13 @@ public:
             transition_locked(id, WorkerState::failed);
             erase_locked(id);
             if (spec_) {
-                ++load_failures_;
                 last_load_error_ = error.message();
             }
-            stats_->record_load_failure();
             if (alive_locked() == 0) {
+                // Every load of this round failed: one failure for the retry count and the breaker, however
+                // many workers the round started.
+                ++load_failures_;
+                stats_->record_load_failure();
                 if (!spec_) {
                     take_queue_locked(orphans);
                 } else {
@@ -412,6 +422,49 @@ public:
         }
     }
 
+    /// Stops the model call serving `job`, if one does: the worker's signal is emitted on the worker's own
+    /// executor, so it cannot race with the worker, and only while the worker still serves this very request.
+    /// A coroutine model whose awaited operations honour cancellation returns early; a blocking call cannot
+    /// be interrupted and runs to its end (its result is discarded).
+    void interrupt(const job_ptr& job) {
+        asio::any_io_executor executor;
+        {
+            std::lock_guard lock(mutex_);
+            auto it = workers_.find(job->worker);
+            if (it == workers_.end() || it->second.current != job || !it->second.executor) {
+                return;
+            }
+            executor = it->second.executor;
+        }
+        asio::post(executor, [weak = self_, job] {
+            auto self = weak.lock();
+            if (!self) {
+                return;
+            }
+            std::shared_ptr<asio::cancellation_signal> signal;
+            {
+                std::lock_guard lock(self->mutex_);
+                auto it = self->workers_.find(job->worker);
+                if (it == self->workers_.end() || it->second.current != job) {
+                    return; // it finished meanwhile: the next request must not be touched
+                }
+                it->second.interrupted = true;
+                signal = it->second.stop.lock();
+            }
+            if (signal) {
+                signal->emit(asio::cancellation_type::terminal);
+            }
+        });
+    }
+
+    /// True (once) when the worker's last request was interrupted: the worker then resets its cancellation
+    /// state before it serves the next one.
+    bool take_interrupted(WorkerId id) {
+        std::lock_guard lock(mutex_);
+        auto it = workers_.find(id);
+        return it != workers_.end() && std::exchange(it->second.interrupted, false);
+    }
+
     /// Marks a finished request on worker `id`; true when the worker must stop now (it was found stuck past a
     /// deadline and a replacement was started; a worker of a key that is not registered serves on instead).
     bool request_served(WorkerId id) {
@@ -423,6 +476,7 @@ public:
         }
         ++it->second.served;
         it->second.current.reset();
+        it->second.overdue.reset();
         if (!it->second.unhealthy) {
             return false;
         }
@@ -531,6 +585,11 @@ private:
         std::uint64_t served = 0;
         job_ptr current;        // the request being served, so shutdown can answer it
         bool unhealthy = false; // stuck past a request's deadline; stops when its call returns
+        std::weak_ptr<asio::cancellation_signal> stop; // interrupts what the worker awaits
+        asio::any_io_executor executor;                // where the worker runs (emit `stop` only there)
+        bool interrupted = false;                      // `stop` was emitted for the current request
+        job_ptr overdue;                               // the request that passed its deadline while served
+        Clock::time_point overdue_at{};                // when the sweeper found it overdue
     };
 
     struct parked_worker {
@@ -538,6 +597,25 @@ private:
         take_handler handler;
         asio::any_io_executor executor;
         Clock::time_point parked_at; // for least-recently-used eviction
+
+        parked_worker(WorkerId i, take_handler h, asio::any_io_executor e, Clock::time_point t)
+            : id(i), handler(std::move(h)), executor(std::move(e)), parked_at(t) {}
+        parked_worker(parked_worker&&) noexcept = default;
+        // Boost 1.81's any_completion_handler move-assignment recurses until the stack overflows; erasing
+        // from the parked list move-assigns, so the handler is destroyed and move-constructed instead.
+        parked_worker& operator=(parked_worker&& other) noexcept {
+            if (this != &other) {
+                id = other.id;
+                handler.~take_handler();
+                ::new (static_cast<void*>(&handler)) take_handler(std::move(other.handler));
+                executor = std::move(other.executor);
+                parked_at = other.parked_at;
+            }
+            return *this;
+        }
+        parked_worker(const parked_worker&) = delete;
+        parked_worker& operator=(const parked_worker&) = delete;
+        ~parked_worker() = default;
     };
 
     // Workers to start, decided under the lock (the slots are reserved), started after it.
@@ -803,7 +881,8 @@ private:
     }
 
     // Removes expired queued requests and collects expired running ones (marking their workers unhealthy);
-    // returns the earliest deadline left and how many workers were newly found stuck.
+    // returns the earliest deadline left and how many workers were newly found stuck (still serving a request
+    // `stuck_grace` after its deadline, although they were asked to stop at the deadline).
     Clock::time_point expire_locked(Clock::time_point now, std::vector<std::pair<job_ptr, bool>>& expired,
                                     std::size_t& stuck) {
         Clock::time_point earliest = Clock::time_point::max();
@@ -818,18 +897,35 @@ private:
                 ++it;
             }
         }
+        const auto grace = core_->options->stuck_grace;
         for (auto& [id, entry] : workers_) {
-            if (!entry.current || entry.current->done()) {
+            if (!entry.current) {
+                continue;
+            }
+            if (entry.overdue && entry.overdue == entry.current) {
+                // Ended at its deadline and asked to stop: still at it after the grace period, it is stuck.
+                const auto limit = Clock::saturating_add(entry.overdue_at, grace);
+                if (entry.unhealthy) {
+                    continue;
+                }
+                if (limit <= now) {
+                    entry.unhealthy = true;
+                    ++unhealthy_;
+                    ++stuck;
+                } else {
+                    earliest = std::min(earliest, limit);
+                }
+                continue;
+            }
+            if (entry.current->done()) {
                 continue;
             }
             const auto deadline = entry.current->running_deadline();
             if (deadline <= now) {
                 expired.emplace_back(entry.current, true);
-                if (entry.current->deadline_covers_service() && !entry.unhealthy) {
-                    entry.unhealthy = true;
-                    ++unhealthy_;
-                    ++stuck;
-                }
+                entry.overdue = entry.current;
+                entry.overdue_at = now;
+                earliest = std::min(earliest, Clock::saturating_add(now, grace));
             } else {
                 earliest = std::min(earliest, deadline);
             }
@@ -879,6 +975,9 @@ private:
                     errc::timeout,
                     fmt::format("request to '{}' timed out after {} ms ({})", self->key_, waited.count(),
                                 serving ? "while a worker served it" : "waiting in the queue")));
+                if (serving) {
+                    self->interrupt(job); // stop the model call: nobody waits for its result any more
+                }
             }
             self->launch(std::move(order));
             // Sleeps until `next`, or until a request with an earlier deadline or close() wakes it.
@@ -891,6 +990,7 @@ private:
         transition_locked(id, WorkerState::busy);
         if (auto it = workers_.find(id); it != workers_.end()) {
             it->second.current = job;
+            job->worker = id;
         }
     }
 

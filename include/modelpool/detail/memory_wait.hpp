@@ -36,9 +36,13 @@ inline void allocate_within(const std::shared_ptr<MemoryGovernor>& governor,
     const auto deadline = Clock::saturating_add(clock->now(), timeout);
     const auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(timeout).count();
 
-    governor->async_allocate(
-        strand, mb, key,
-        asio::bind_cancellation_slot(state->stop_allocation.slot(),
+    // Both waits start on the strand, so the one that completes first always finds the other registered and
+    // can cancel it: nothing is left waiting on the clock or in the governor's queue.
+    asio::dispatch(strand, [state, governor, clock, strand, mb, key = std::move(key), deadline,
+                            waited]() mutable {
+        governor->async_allocate(strand, mb, key,
+                                 asio::bind_cancellation_slot(
+                                     state->stop_allocation.slot(),
                                      asio::bind_executor(strand, [state](result<AllocationGuard> outcome) {
                                          if (state->finished) {
                                              return; // the time ran out first; a late guard is released here
@@ -47,20 +51,21 @@ inline void allocate_within(const std::shared_ptr<MemoryGovernor>& governor,
                                          state->stop_timer.emit(asio::cancellation_type::terminal);
                                          state->done(std::move(outcome));
                                      })));
-    clock->async_wait_until(
-        strand, deadline,
-        asio::bind_cancellation_slot(
-            state->stop_timer.slot(),
-            asio::bind_executor(strand, [state, mb, key = std::move(key), waited](std::error_code ec) {
-                if (state->finished || ec) {
-                    return;
-                }
-                state->finished = true;
-                state->stop_allocation.emit(asio::cancellation_type::terminal);
-                state->done(fail(errc::memory_exhausted,
-                                 "cannot reserve {} MB for '{}': no memory was released within {} ms", mb,
-                                 key, waited));
-            })));
+        clock->async_wait_until(
+            strand, deadline,
+            asio::bind_cancellation_slot(
+                state->stop_timer.slot(),
+                asio::bind_executor(strand, [state, mb, key, waited](std::error_code ec) {
+                    if (state->finished || ec) {
+                        return;
+                    }
+                    state->finished = true;
+                    state->stop_allocation.emit(asio::cancellation_type::terminal);
+                    state->done(fail(errc::memory_exhausted,
+                                     "cannot reserve {} MB for '{}': no memory was released within {} ms", mb,
+                                     key, waited));
+                })));
+    });
 }
 
 } // namespace modelpool::detail
