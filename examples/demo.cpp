@@ -6,9 +6,13 @@
 // - "bigram-gen" (text_to_text): a word-bigram generator trained on the same corpus, streaming words.
 // - "broken" (text_embedding): a loader that fails, to show how waiting requests learn of it at once.
 //
-// The demo cold-starts two embedding workers (0 -> 2), sends a burst of concurrent requests, runs a nearest-
-// sentence search, streams generated text, and prints the pool's counters. `--smoke` keeps it short for CI.
+// The models are registered, so the pool manages their workers: the burst of first requests cold-starts two
+// embedding workers (0 -> 2, exactly two loads), a failing model is retried once and its request learns of
+// the failure, the demo runs a nearest-sentence search and streams generated text, then idle workers are
+// evicted (scale to zero) and the pool's counters are printed. `--smoke` keeps it short for CI; `--metrics`
+// prints the Prometheus text; Ctrl+C stops gracefully.
 #include <modelpool/modelpool.hpp>
+#include <modelpool/signals.hpp>
 
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
@@ -144,14 +148,12 @@ asio::awaitable<int> run_demo(modelpool::Pool& pool, bool smoke) {
         }
         co_return NgramEmbedder{};
     };
-    for (int i = 0; i < 2; ++i) {
-        auto guard = pool.governor().try_allocate(128, "ngram-embed");
-        if (!guard) {
-            log.error("{}", guard.error());
-            co_return 1;
-        }
-        auto id = pool.spawn_text_embedding_worker("ngram-embed", embed_loader, 128, std::move(*guard));
-        log.info("spawned ngram-embed worker {}", id ? *id : 0);
+    // Registered models: the pool starts workers when requests need them and evicts them when idle.
+    if (auto registered =
+            pool.register_text_embedding_model("ngram-embed", embed_loader, {.per_worker_mb = 128});
+        !registered) {
+        log.error("{}", registered.error());
+        co_return 1;
     }
 
     auto gen_loader = [&pool, corpus_path]() -> asio::awaitable<result<BigramGenerator>> {
@@ -167,26 +169,23 @@ asio::awaitable<int> run_demo(modelpool::Pool& pool, bool smoke) {
         }
         co_return model;
     };
-    if (auto guard = pool.governor().try_allocate(64, "bigram-gen")) {
-        (void)pool.spawn_text_to_text_worker("bigram-gen", gen_loader, 64, std::move(*guard));
-    }
+    // min_workers = 1: loaded now, and never evicted.
+    (void)pool.register_text_to_text_model("bigram-gen", gen_loader, {.per_worker_mb = 64, .min_workers = 1});
 
-    // A load failure: the request below waits for the worker, then learns of the failure at once.
-    if (auto guard = pool.governor().try_allocate(256, "broken")) {
-        (void)pool.spawn_text_embedding_worker(
-            "broken",
-            []() -> asio::awaitable<result<NgramEmbedder>> {
-                co_return modelpool::fail(modelpool::errc::spawn_failed,
-                                          "weights file 'broken.bin' not found");
-            },
-            256, std::move(*guard));
-    }
+    // A model whose loads fail: retried once after a short backoff, then its waiting request learns at once.
+    (void)pool.register_text_embedding_model(
+        "broken",
+        []() -> asio::awaitable<result<NgramEmbedder>> {
+            co_return modelpool::fail(modelpool::errc::spawn_failed, "weights file 'broken.bin' not found");
+        },
+        {.per_worker_mb = 256});
     auto broken = co_await pool.embed("broken", "hello");
     log.info("request to 'broken' ended with: {}",
              broken ? std::string("a result?!") : broken.error().to_string());
 
-    // A burst of concurrent requests, spread over the two embedding workers: deferred operations launched
-    // together and awaited as a group (never a blocking future.get() on the pool's own thread).
+    // A burst of concurrent first requests for "ngram-embed": one cold start of two workers (exactly two
+    // loads, however many requests arrive at once), then the burst is spread over them. Deferred operations
+    // launched together and awaited as a group (never a blocking future.get() on the pool's own thread).
     const auto sentences = read_lines(corpus_path);
     const std::size_t burst = smoke ? 32 : 512;
     using embed_op = decltype(pool.embed("ngram-embed", std::string(), asio::deferred));
@@ -244,7 +243,19 @@ asio::awaitable<int> run_demo(modelpool::Pool& pool, bool smoke) {
         }
     }
 
-    std::printf("burst: %zu of %zu embed requests succeeded\n", ok, burst);
+    std::printf("burst: %zu of %zu embed requests succeeded; ngram-embed loaded %zu workers\n", ok, burst,
+                pool.snapshot("ngram-embed")->serving());
+
+    // Idle eviction: with nothing to do, ngram-embed scales to zero and releases its memory; bigram-gen keeps
+    // its minimum worker.
+    const auto idle_wait = 3 * pool.options().idle_timeout;
+    asio::steady_timer idle(co_await asio::this_coro::executor, idle_wait);
+    co_await idle.async_wait(asio::use_awaitable);
+    std::printf(
+        "after %lld ms idle: ngram-embed %zu workers (%llu evicted), bigram-gen %zu worker, %zu MB held\n",
+        static_cast<long long>(idle_wait.count()), pool.snapshot("ngram-embed")->serving(),
+        static_cast<unsigned long long>(pool.metrics().workers_evicted),
+        pool.snapshot("bigram-gen")->serving(), pool.governor().allocated_mb());
     co_return ok == burst ? 0 : 1;
 }
 
@@ -252,15 +263,20 @@ asio::awaitable<int> run_demo(modelpool::Pool& pool, bool smoke) {
 
 int main(int argc, char** argv) {
     bool smoke = false;
+    bool metrics = false;
     std::string level = "info";
     for (int i = 1; i < argc; ++i) {
         std::string_view arg = argv[i];
         if (arg == "--smoke") {
             smoke = true;
+        } else if (arg == "--metrics") {
+            metrics = true;
         } else if (arg.starts_with("--log-level=")) {
             level = std::string(arg.substr(12));
         } else if (arg == "--help" || arg == "-h") {
-            std::printf("usage: modelpool_demo [--smoke] [--log-level=trace|debug|info|warn|error]\n");
+            std::printf(
+                "usage: modelpool_demo [--smoke] [--metrics] [--log-level=trace|debug|info|warn|error]\n"
+                "  --metrics   print the pool's Prometheus metrics before stopping\n");
             return 0;
         } else {
             std::fprintf(stderr, "unknown argument '%s' (try --help)\n", argv[i]);
@@ -271,9 +287,22 @@ int main(int argc, char** argv) {
                                                    std::make_shared<spdlog::sinks::stderr_color_sink_mt>());
     logger->set_level(spdlog::level::from_str(level));
 
-    modelpool::Pool pool({.io_threads = 1, .blocking_threads = 2, .memory_limit_mb = 1024, .logger = logger});
+    // Short lifecycle delays so the demo shows them within a second (production defaults: minutes).
+    modelpool::Pool pool({.io_threads = 1,
+                          .blocking_threads = 2,
+                          .memory_limit_mb = 1024,
+                          .logger = logger,
+                          .idle_timeout = std::chrono::milliseconds(300),
+                          .maintenance_interval = std::chrono::milliseconds(100),
+                          .load_retries = 1,
+                          .retry_backoff_initial = std::chrono::milliseconds(100),
+                          .retry_backoff_max = std::chrono::milliseconds(1000)});
+    modelpool::StopOnSignals on_signals(pool); // Ctrl+C: graceful stop, twice: immediate
     auto outcome = asio::co_spawn(pool.get_executor(), run_demo(pool, smoke), asio::use_future);
     int code = outcome.get(); // the main thread waits; no pool thread ever blocks
+    if (metrics) {
+        std::printf("%s", pool.prometheus().c_str());
+    }
     pool.stop();
 
     auto m = pool.metrics();
