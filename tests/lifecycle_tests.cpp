@@ -395,7 +395,7 @@ TEST_CASE("a stream ends with timeout at its whole-stream deadline even while it
     auto stream = ready_within(opened);
     REQUIRE(stream.has_value());
     clock->advance(2s);
-    auto first = stream->async_next(asio::use_future); // progress at 2 s: the idle deadline moves to 12 s
+    auto first = stream->async_next(asio::use_future); // produced at 0 s: the idle deadline is 10 s
     REQUIRE(ready_within(first).has_value());
     auto next = stream->async_next(asio::use_future);
     clock->advance(999ms);

@@ -102,8 +102,8 @@ struct PoolOptions {
     /// Deadline of a whole stream, from the call until its last chunk (queue wait and generation). An expired
     /// stream ends with `timeout` and its model is told to stop. Default 10 minutes.
     std::chrono::milliseconds stream_timeout{600'000};
-    /// The longest a stream may go without progress (no chunk produced or read) before it ends with
-    /// `timeout`. Default 60 s.
+    /// The longest a stream may go without progress (no chunk produced; a model blocked by a reader that does
+    /// not read makes none) before it ends with `timeout`. Default 60 s.
     std::chrono::milliseconds stream_idle_timeout{60'000};
     /// Per-key circuit breaker: opens after `failure_threshold` consecutive failures (model errors, timeouts,
     /// load failures), stays open `open_time`, then admits `half_open_probes` probes. Defaults 5, 30 s, 1.

@@ -18,8 +18,9 @@ struct RequestOptions {
     /// `PoolOptions::stream_timeout`). Must be positive. An expired request ends with `timeout` and frees its
     /// slot.
     std::optional<std::chrono::milliseconds> timeout{};
-    /// Streams only: the longest time with no progress (no chunk produced or read) before the stream ends
-    /// with `timeout` (default `PoolOptions::stream_idle_timeout`). Must be positive.
+    /// Streams only: the longest time with no progress (no chunk produced; a model blocked by a reader that
+    /// does not read makes none) before the stream ends with `timeout` (default
+    /// `PoolOptions::stream_idle_timeout`). Must be positive.
     std::optional<std::chrono::milliseconds> idle_timeout{};
 };
 

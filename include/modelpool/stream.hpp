@@ -48,7 +48,9 @@ public:
         touch();
     }
 
-    /// When a chunk last moved (was produced into the stream or read from it), or when tracking began.
+    /// When the model last delivered a chunk into the stream (or generation began). Reads are not stamped: a
+    /// reader that keeps reading lets the model keep sending, and a reader that stops makes the model block,
+    /// so the producer's side alone tells whether the stream moves (one clock read per chunk, not two).
     [[nodiscard]] Clock::time_point last_progress() const noexcept {
         return Clock::time_point{Clock::duration{last_progress_.load(std::memory_order_relaxed)}};
     }
@@ -181,7 +183,6 @@ public:
                 buffer_.push_back(std::move(writer->chunk));
             }
             lock.unlock();
-            touch();
             space_.notify_one();
             if (writer) {
                 post_completion(std::move(writer->handler), writer->executor, true);
