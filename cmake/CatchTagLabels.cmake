@@ -3,6 +3,7 @@ cmake_minimum_required(VERSION 3.21)
 # cmake -P script, run after Catch2 v2's catch_discover_tests: labels every discovered test with BASE_LABELS plus
 # its Catch tags, so "ctest -L <tag>" selects a component. Catch2 v3 does this itself (ADD_TAGS_AS_LABELS).
 #   -D TEST_EXECUTABLE=<Catch2 v2 test binary> -D BASE_LABELS=<list> -D OUTPUT=<ctest include file to write>
+#   [-D TEST_PREFIX=<the TEST_PREFIX given to catch_discover_tests>]
 
 function(list_names spec out)
     execute_process(COMMAND "${TEST_EXECUTABLE}" ${spec} --list-test-names-only
@@ -47,7 +48,7 @@ set(script "")
 set(index 0)
 foreach(test IN LISTS all_tests)
     list(REMOVE_DUPLICATES labels_${index})
-    string(APPEND script "set_tests_properties([==[${test}]==] PROPERTIES LABELS [==[${labels_${index}}]==])\n")
+    string(APPEND script "set_tests_properties([==[${TEST_PREFIX}${test}]==] PROPERTIES LABELS [==[${labels_${index}}]==])\n")
     math(EXPR index "${index} + 1")
 endforeach()
 file(WRITE "${OUTPUT}" "${script}")

@@ -9,6 +9,7 @@
 
 #include "modelpool/asio.hpp"
 #include "modelpool/detail/completion.hpp"
+#include "modelpool/detail/config.hpp"
 
 #include <boost/asio/append.hpp>  // not in modelpool/asio.hpp (yet)
 #include <boost/asio/consign.hpp> // not in modelpool/asio.hpp (yet)
@@ -123,12 +124,7 @@ protected:
     /// it clears the handler's cancellation slot (on the executor, where Asio's rules serialise it with
     /// emit()) and dispatches the handler to its own associated executor, which is normally `ex` itself, so
     /// it runs at once.
-    static void complete(const asio::any_io_executor& ex, wait_handler handler, std::error_code ec) {
-        asio::post(ex, [handler = std::move(handler), ec]() mutable {
-            handler.get_cancellation_slot().clear();
-            asio::dispatch(asio::append(std::move(handler), ec));
-        });
-    }
+    static void complete(const asio::any_io_executor& ex, wait_handler handler, std::error_code ec);
 };
 
 /// The production clock: std::chrono::steady_clock, with waits on `asio::steady_timer`.
@@ -148,20 +144,7 @@ protected:
     ///
     /// The completion clears the handler's cancellation slot first: the timer leaves its cancellation handler
     /// there when it fires, and a later emit on the caller's signal would otherwise reach the freed timer.
-    void do_wait(asio::any_io_executor ex, time_point deadline, wait_handler handler) override {
-        auto timer = std::make_shared<asio::steady_timer>(std::move(ex), deadline);
-        asio::steady_timer& waiting = *timer;
-        auto slot = handler.get_cancellation_slot();
-        waiting.async_wait(asio::bind_cancellation_slot(
-            slot, asio::consign(
-                      [handler = std::move(handler)](boost::system::error_code ec) mutable {
-                          if (auto own = handler.get_cancellation_slot(); own.is_connected()) {
-                              own.clear();
-                          }
-                          std::move(handler)(std::error_code(ec));
-                      },
-                      std::move(timer))));
-    }
+    void do_wait(asio::any_io_executor ex, time_point deadline, wait_handler handler) override;
 };
 
 namespace detail {
@@ -222,97 +205,36 @@ public:
     static constexpr time_point default_start = time_point{} + std::chrono::hours{1};
 
     /// A clock reading `start`. Throws only std::bad_alloc.
-    explicit ManualClock(time_point start = default_start)
-        : state_(std::make_shared<detail::ManualClockState>(start)) {}
+    explicit ManualClock(time_point start = default_start);
 
     /// Destroys pending waits' handlers without invoking them (see the class's lifetime rules).
-    ~ManualClock() override {
-        std::map<std::pair<time_point, std::uint64_t>, detail::ManualWait> orphans;
-        {
-            std::lock_guard lock(state_->mutex);
-            orphans.swap(state_->waits); // map::swap swaps the trees; no handler is moved or assigned
-        }
-        // `orphans` dies here, outside the lock: a destroyed coroutine frame may run arbitrary destructors.
-    }
+    ~ManualClock() override;
 
     /// The clock's current reading.
     [[nodiscard]] time_point now() const noexcept override { return state_->current(); }
 
     /// Moves time forward by `d` (saturating) and completes the waits that are now due.
     /// A negative `d` is ignored: the clock never goes back. Returns the number of waits completed (posted).
-    std::size_t advance(duration d) {
-        return advance_to(saturating_add(now(), d < duration::zero() ? duration::zero() : d));
-    }
+    std::size_t advance(duration d);
 
     /// Moves time forward to `t` and completes the waits that are now due. A `t` earlier than `now()` leaves
     /// the clock where it is: it never goes back. Returns the number of waits completed (posted).
-    std::size_t advance_to(time_point t) {
-        std::vector<detail::ManualWait> ready; // outlives the lock
-        {
-            std::lock_guard lock(state_->mutex);
-            const time_point target = std::max(t, state_->current());
-            state_->now.store(target.time_since_epoch().count(), std::memory_order_release);
-            while (!state_->waits.empty() && state_->waits.begin()->first.first <= target) {
-                auto node = state_->waits.extract(state_->waits.begin());
-                ready.push_back(std::move(node.mapped()));
-            }
-        }
-        complete_all(ready, std::error_code{});
-        return ready.size();
-    }
+    std::size_t advance_to(time_point t);
 
     /// The number of waits registered and neither due nor cancelled.
-    [[nodiscard]] std::size_t pending_waits() const {
-        std::lock_guard lock(state_->mutex);
-        return state_->waits.size();
-    }
+    [[nodiscard]] std::size_t pending_waits() const;
 
     /// The earliest pending deadline, or nullopt when nothing waits. `advance_to(*next_deadline())` fires it.
-    [[nodiscard]] std::optional<time_point> next_deadline() const {
-        std::lock_guard lock(state_->mutex);
-        if (state_->waits.empty()) {
-            return std::nullopt;
-        }
-        return state_->waits.begin()->first.first;
-    }
+    [[nodiscard]] std::optional<time_point> next_deadline() const;
 
 protected:
-    void do_wait(asio::any_io_executor ex, time_point deadline, wait_handler handler) override {
-        // Like a pending timer, a pending wait keeps its executor's context from running out of work.
-        asio::any_io_executor target = asio::prefer(ex, asio::execution::outstanding_work.tracked);
-        std::vector<detail::ManualWait> ready;
-        {
-            std::lock_guard lock(state_->mutex);
-            if (deadline <= state_->current()) {
-                ready.push_back(detail::ManualWait{std::move(target), std::move(handler)});
-            } else {
-                const std::pair key{deadline, state_->next_id++};
-                // Installed under the lock, before advance() can see the wait, so that the completion (which
-                // clears the slot) always comes after the assignment.
-                if (auto slot = handler.get_cancellation_slot(); slot.is_connected()) {
-                    slot.assign([weak = std::weak_ptr(state_), key](asio::cancellation_type type) {
-                        if (type != asio::cancellation_type::none) {
-                            if (auto state = weak.lock()) {
-                                state->cancel(key);
-                            }
-                        }
-                    });
-                }
-                state_->waits.emplace(key, detail::ManualWait{std::move(target), std::move(handler)});
-            }
-        }
-        complete_all(ready, std::error_code{});
-    }
+    void do_wait(asio::any_io_executor ex, time_point deadline, wait_handler handler) override;
 
 private:
     friend struct detail::ManualClockState;
 
     // Posts the completions, in order, outside the lock.
-    static void complete_all(std::vector<detail::ManualWait>& ready, std::error_code ec) {
-        for (detail::ManualWait& wait : ready) {
-            complete(wait.executor, std::move(wait.handler), ec);
-        }
-    }
+    static void complete_all(std::vector<detail::ManualWait>& ready, std::error_code ec);
 
     std::shared_ptr<detail::ManualClockState> state_;
 };
@@ -339,3 +261,7 @@ inline std::shared_ptr<Clock> default_clock() {
 }
 
 } // namespace modelpool
+
+#if !defined(MODELPOOL_SEPARATE_COMPILATION)
+#include "modelpool/impl/clock.ipp"
+#endif

@@ -6,6 +6,7 @@
 // formattable with fmt ("overloaded: queue of 'bert' is full (64 of 64 requests)").
 #pragma once
 
+#include "modelpool/detail/config.hpp"
 #include "modelpool/expected.hpp"
 
 #include <fmt/format.h>
@@ -62,16 +63,7 @@ constexpr std::string_view to_string(errc code) noexcept {
 }
 
 /// The `std::error_category` of `errc` values (name "modelpool"). One instance per program.
-inline const std::error_category& pool_category() noexcept {
-    struct category final : std::error_category {
-        const char* name() const noexcept override { return "modelpool"; }
-        std::string message(int value) const override {
-            return std::string(to_string(static_cast<errc>(value)));
-        }
-    };
-    static const category instance;
-    return instance;
-}
+const std::error_category& pool_category() noexcept;
 
 /// Makes `errc` usable as a `std::error_code` (found by argument-dependent lookup).
 inline std::error_code make_error_code(errc code) noexcept {
@@ -146,3 +138,7 @@ template <> struct fmt::formatter<modelpool::errc> : fmt::formatter<std::string_
         return fmt::formatter<std::string_view>::format(modelpool::to_string(code), ctx);
     }
 };
+
+#if !defined(MODELPOOL_SEPARATE_COMPILATION)
+#include "modelpool/impl/error.ipp"
+#endif

@@ -11,6 +11,7 @@
 
 #include "modelpool/asio.hpp"
 #include "modelpool/detail/completion.hpp"
+#include "modelpool/detail/config.hpp"
 #include "modelpool/error.hpp"
 
 #include <boost/asio/append.hpp> // not in modelpool/asio.hpp (yet)
@@ -157,9 +158,7 @@ public:
     /// The value is taken as given: the Pool validates its options before creating a governor. A limit of 0
     /// is legal and means that nothing fits (every request fails with `errc::memory_exhausted`). Throws only
     /// std::bad_alloc.
-    static std::shared_ptr<MemoryGovernor> create(std::size_t limit_mb) {
-        return std::make_shared<MemoryGovernor>(private_tag{}, limit_mb);
-    }
+    static std::shared_ptr<MemoryGovernor> create(std::size_t limit_mb);
 
     /// Use `create()`; the tag makes this constructor callable only through it (it is public for
     /// make_shared).
@@ -187,19 +186,7 @@ public:
     ///
     /// @par Thread Safety
     /// Safe to call concurrently with every other member function and with guard releases.
-    [[nodiscard]] result<AllocationGuard> try_allocate(std::size_t mb, std::string_view key = {}) {
-        if (mb == 0) {
-            return fail(errc::invalid_argument,
-                        "cannot reserve 0 MB for '{}': a reservation needs at least 1 MB", key);
-        }
-        std::string owned_key(key); // allocated before taking the lock
-        std::lock_guard lock(mutex_);
-        if (auto refusal = refusal_locked(mb, key, /*respect_queue=*/true)) {
-            return unexpected<PoolError>(std::move(*refusal));
-        }
-        commit_locked(owned_key, mb);
-        return AllocationGuard(shared_from_this(), mb, std::move(owned_key));
-    }
+    [[nodiscard]] result<AllocationGuard> try_allocate(std::size_t mb, std::string_view key = {});
 
     /// Reserves `mb` MB under `key`, waiting in FIFO order for releases to make room.
     ///
@@ -247,14 +234,7 @@ public:
     ///
     /// @par Thread Safety
     /// Safe to call from any thread, at any time.
-    void fail_waiters(const PoolError& error) {
-        std::vector<Completion> ready; // outlives the lock: handlers are never destroyed under it
-        {
-            std::lock_guard lock(mutex_);
-            drain_waiters_locked(error, ready);
-        }
-        complete_all(ready);
-    }
+    void fail_waiters(const PoolError& error);
 
     /// Shuts the queue: fails every queued request with `reason`, as `fail_waiters()` does, and makes every
     /// later `async_allocate` complete at once with `reason`. Idempotent; a second call only updates the
@@ -266,68 +246,28 @@ public:
     ///
     /// @par Thread Safety
     /// Safe to call from any thread, at any time.
-    void close(const PoolError& reason) {
-        std::vector<Completion> ready;
-        {
-            std::lock_guard lock(mutex_);
-            closed_.emplace(reason);
-            drain_waiters_locked(reason, ready);
-        }
-        complete_all(ready);
-    }
+    void close(const PoolError& reason);
 
     /// True after `close()`.
-    [[nodiscard]] bool closed() const {
-        std::lock_guard lock(mutex_);
-        return closed_.has_value();
-    }
+    [[nodiscard]] bool closed() const;
 
     /// The budget, in MB. Immutable.
     [[nodiscard]] std::size_t limit_mb() const noexcept { return limit_mb_; }
 
     /// MB currently reserved by live guards.
-    [[nodiscard]] std::size_t allocated_mb() const {
-        std::lock_guard lock(mutex_);
-        return allocated_mb_;
-    }
+    [[nodiscard]] std::size_t allocated_mb() const;
 
     /// MB currently reserved under `key`; 0 for unknown keys.
-    [[nodiscard]] std::size_t allocated_mb(std::string_view key) const {
-        std::lock_guard lock(mutex_);
-        auto found = per_key_mb_.find(key);
-        return found == per_key_mb_.end() ? 0 : found->second;
-    }
+    [[nodiscard]] std::size_t allocated_mb(std::string_view key) const;
 
     /// `limit_mb() - allocated_mb()`. Queued requests may have a claim on it first.
-    [[nodiscard]] std::size_t available_mb() const {
-        std::lock_guard lock(mutex_);
-        return limit_mb_ - allocated_mb_;
-    }
+    [[nodiscard]] std::size_t available_mb() const;
 
     /// The number of `async_allocate` requests queued for memory.
-    [[nodiscard]] std::size_t waiting() const {
-        std::lock_guard lock(mutex_);
-        return waiters_.size();
-    }
+    [[nodiscard]] std::size_t waiting() const;
 
     /// A consistent snapshot of all the figures. Throws only std::bad_alloc.
-    [[nodiscard]] MemoryStats stats() const {
-        std::lock_guard lock(mutex_);
-        MemoryStats stats{
-            .limit_mb = limit_mb_,
-            .allocated_mb = allocated_mb_,
-            .available_mb = limit_mb_ - allocated_mb_,
-            .peak_mb = peak_mb_,
-            .reservations = reservations_,
-            .per_key_mb = {},
-            .waiters = waiters_.size(),
-        };
-        stats.per_key_mb.reserve(per_key_mb_.size());
-        for (const auto& [key, mb] : per_key_mb_) {
-            stats.per_key_mb.emplace_back(key, mb); // std::map iterates in key order
-        }
-        return stats;
-    }
+    [[nodiscard]] MemoryStats stats() const;
 
 private:
     friend class AllocationGuard;
@@ -353,168 +293,29 @@ private:
 
     // Why `mb` cannot be reserved now; nullopt when it fits. `respect_queue`: refuse while requests are
     // queued.
-    std::optional<PoolError> refusal_locked(std::size_t mb, std::string_view key, bool respect_queue) const {
-        const std::size_t available = limit_mb_ - allocated_mb_; // allocated <= limit is an invariant
-        if (mb > limit_mb_) {
-            return PoolError(errc::memory_exhausted,
-                             fmt::format("cannot reserve {} MB for '{}': more than the whole {} MB limit "
-                                         "({} of {} MB allocated)",
-                                         mb, key, limit_mb_, allocated_mb_, limit_mb_));
-        }
-        if (respect_queue && !waiters_.empty()) {
-            return PoolError(
-                errc::memory_exhausted,
-                fmt::format("cannot reserve {} MB for '{}': {} of {} MB allocated, {} available, and "
-                            "{} earlier request(s) are waiting for memory",
-                            mb, key, allocated_mb_, limit_mb_, available, waiters_.size()));
-        }
-        if (mb > available) { // never `allocated + mb > limit`: that sum can wrap
-            return PoolError(errc::memory_exhausted,
-                             fmt::format("cannot reserve {} MB for '{}': {} of {} MB allocated, {} available",
-                                         mb, key, allocated_mb_, limit_mb_, available));
-        }
-        return std::nullopt;
-    }
+    std::optional<PoolError> refusal_locked(std::size_t mb, std::string_view key, bool respect_queue) const;
 
     // Books `mb` MB under `key`; the caller checked that it fits. Strong guarantee: the map insertion, the
     // only step that can throw, happens before any counter changes.
-    void commit_locked(std::string_view key, std::size_t mb) {
-        auto entry = per_key_mb_.find(key);
-        if (entry == per_key_mb_.end()) {
-            entry = per_key_mb_.emplace(std::string(key), 0).first;
-        }
-        entry->second += mb; // <= allocated_mb_ + mb <= limit_mb_: cannot wrap
-        allocated_mb_ += mb;
-        peak_mb_ = std::max(peak_mb_, allocated_mb_);
-        ++reservations_;
-    }
+    void commit_locked(std::string_view key, std::size_t mb);
 
     // Called exactly once per reservation, by AllocationGuard::release().
-    void release_reservation(std::string_view key, std::size_t mb) noexcept {
-        std::vector<Completion> ready;
-        {
-            std::lock_guard lock(mutex_);
-            allocated_mb_ -= mb;
-            --reservations_;
-            if (auto entry = per_key_mb_.find(key); entry != per_key_mb_.end()) {
-                entry->second -= mb;
-                if (entry->second == 0) {
-                    per_key_mb_.erase(entry); // keeps the map bounded by the live keys
-                }
-            }
-            wake_locked(ready);
-        }
-        complete_all(ready);
-    }
+    void release_reservation(std::string_view key, std::size_t mb) noexcept;
 
     // Grants queued requests from the front while they fit; stops at the first that does not (FIFO: nobody
     // behind it may overtake it).
-    void wake_locked(std::vector<Completion>& ready) {
-        if (waiters_.empty()) {
-            return;
-        }
-        ready.reserve(ready.size() + waiters_.size()); // so that push_back below cannot throw mid-way
-        while (!waiters_.empty()) {
-            auto front = waiters_.begin();
-            if (front->second.mb > limit_mb_ - allocated_mb_) {
-                break;
-            }
-            commit_locked(front->second.key, front->second.mb); // may throw; the waiter then stays queued
-            auto node = waiters_.extract(front);
-            Waiter& waiter = node.mapped();
-            AllocationGuard guard(shared_from_this(), waiter.mb, std::move(waiter.key));
-            ready.push_back(
-                Completion{std::move(waiter.executor), std::move(waiter.handler), std::move(guard)});
-        }
-    }
+    void wake_locked(std::vector<Completion>& ready);
 
-    void drain_waiters_locked(const PoolError& error, std::vector<Completion>& ready) {
-        ready.reserve(ready.size() + waiters_.size());
-        while (!waiters_.empty()) {
-            auto node = waiters_.extract(waiters_.begin());
-            Waiter& waiter = node.mapped();
-            ready.push_back(Completion{std::move(waiter.executor), std::move(waiter.handler),
-                                       unexpected<PoolError>(error)});
-        }
-    }
+    void drain_waiters_locked(const PoolError& error, std::vector<Completion>& ready);
 
-    void start_waiter(asio::any_io_executor executor, handler_type handler, std::size_t mb, std::string key) {
-        // Like a pending timer, a queued request keeps its executor's context from running out of work.
-        executor = asio::prefer(executor, asio::execution::outstanding_work.tracked);
-        std::vector<Completion> ready;
-        {
-            std::lock_guard lock(mutex_);
-            std::optional<PoolError> refusal;
-            if (closed_) {
-                refusal = *closed_;
-            } else if (mb == 0) {
-                refusal = PoolError(
-                    errc::invalid_argument,
-                    fmt::format("cannot reserve 0 MB for '{}': a reservation needs at least 1 MB", key));
-            } else if (mb > limit_mb_) {
-                refusal = refusal_locked(mb, key, /*respect_queue=*/false);
-            }
-            if (refusal) {
-                ready.push_back(Completion{std::move(executor), std::move(handler),
-                                           unexpected<PoolError>(std::move(*refusal))});
-            } else if (waiters_.empty() && mb <= limit_mb_ - allocated_mb_) {
-                commit_locked(key, mb);
-                AllocationGuard guard(shared_from_this(), mb, std::move(key));
-                ready.push_back(Completion{std::move(executor), std::move(handler), std::move(guard)});
-            } else {
-                const std::uint64_t id = next_waiter_id_++;
-                // Installed before the request is visible to releases, so that a completion (which clears the
-                // slot) can never precede the assignment. The handler holds a weak_ptr and looks the waiter
-                // up by id, so a late or repeated emit after completion is harmless.
-                if (auto slot = handler.get_cancellation_slot(); slot.is_connected()) {
-                    slot.assign([weak = weak_from_this(), id](asio::cancellation_type type) {
-                        if (type != asio::cancellation_type::none) {
-                            if (auto self = weak.lock()) {
-                                self->cancel_waiter(id);
-                            }
-                        }
-                    });
-                }
-                waiters_.emplace(id, Waiter{mb, std::move(key), std::move(executor), std::move(handler)});
-            }
-        }
-        complete_all(ready);
-    }
+    void start_waiter(asio::any_io_executor executor, handler_type handler, std::size_t mb, std::string key);
 
-    void cancel_waiter(std::uint64_t id) {
-        std::vector<Completion> ready;
-        {
-            std::lock_guard lock(mutex_);
-            auto found = waiters_.find(id);
-            if (found == waiters_.end()) {
-                return; // already granted, failed or cancelled
-            }
-            ready.reserve(waiters_.size());
-            auto node = waiters_.extract(found);
-            Waiter& waiter = node.mapped();
-            auto error =
-                fail(errc::cancelled,
-                     "reservation of {} MB for '{}' was cancelled while waiting ({} of {} MB allocated)",
-                     waiter.mb, waiter.key, allocated_mb_, limit_mb_);
-            ready.push_back(
-                Completion{std::move(waiter.executor), std::move(waiter.handler), std::move(error)});
-            wake_locked(ready); // the requests behind a cancelled first waiter may fit now
-        }
-        complete_all(ready);
-    }
+    void cancel_waiter(std::uint64_t id);
 
     // Posts each completion to its executor, outside the lock. There, the cancellation slot is cleared (on
     // the executor, where Asio's rules serialise it with emit()). Then the handler is dispatched to its own
     // associated executor, which is normally that same executor, so it runs at once.
-    static void complete_all(std::vector<Completion>& ready) {
-        for (Completion& completion : ready) {
-            asio::post(completion.executor, [handler = std::move(completion.handler),
-                                             outcome = std::move(completion.outcome)]() mutable {
-                handler.get_cancellation_slot().clear();
-                asio::dispatch(asio::append(std::move(handler), std::move(outcome)));
-            });
-        }
-    }
+    static void complete_all(std::vector<Completion>& ready);
 
     const std::size_t limit_mb_;
     mutable std::mutex mutex_;
@@ -574,3 +375,7 @@ inline std::size_t default_memory_limit_mb() noexcept {
 }
 
 } // namespace modelpool
+
+#if !defined(MODELPOOL_SEPARATE_COMPILATION)
+#include "modelpool/impl/memory_governor.ipp"
+#endif

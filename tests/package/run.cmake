@@ -3,6 +3,7 @@ cmake_minimum_required(VERSION 3.21)
 # cmake -P script behind the CTest tests package.find_package and package.fetchcontent.
 #   MODE=find_package: cmake --install BUILD_DIR into WORK_DIR/prefix, then build the consumer against that prefix.
 #   MODE=fetchcontent: build the consumer with FetchContent(SOURCE_DIR=SOURCE_DIR).
+#   EXPECT_COMPILED=ON (find_package only): the package must also provide modelpool::compiled.
 # Either way the consumer must configure, build, run, exit 0 and print its line.
 foreach(var MODE SOURCE_DIR BUILD_DIR WORK_DIR GENERATOR CXX_COMPILER)
     if(NOT DEFINED ${var} OR "${${var}}" STREQUAL "")
@@ -64,3 +65,16 @@ if(NOT output MATCHES "modelpool consumer: pool started and stopped")
     message(FATAL_ERROR "the consumer ran but did not print its line; it printed:\n${output}")
 endif()
 message(STATUS "package test (${MODE}): consumer built and ran: ${output}")
+
+# find_package with EXPECT_COMPILED: modelpool::compiled was installed, and a consumer linking it runs too.
+if(MODE STREQUAL "find_package" AND EXPECT_COMPILED)
+    find_program(consumer_compiled consumer_compiled PATHS "${build}" "${build}/${BUILD_TYPE}" NO_DEFAULT_PATH)
+    if(NOT consumer_compiled)
+        message(FATAL_ERROR "the installed package has no modelpool::compiled (consumer_compiled was not built)")
+    endif()
+    run("${consumer_compiled}")
+    if(NOT output MATCHES "modelpool consumer: pool started and stopped")
+        message(FATAL_ERROR "consumer_compiled ran but did not print its line; it printed:\n${output}")
+    endif()
+    message(STATUS "package test (${MODE}): consumer_compiled (modelpool::compiled) built and ran: ${output}")
+endif()

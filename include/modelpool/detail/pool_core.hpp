@@ -7,6 +7,7 @@
 
 #include "modelpool/asio.hpp"
 #include "modelpool/clock.hpp"
+#include "modelpool/detail/config.hpp"
 #include "modelpool/detail/invoker.hpp"
 #include "modelpool/memory_governor.hpp"
 #include "modelpool/metrics.hpp"
@@ -51,45 +52,17 @@ struct pool_core {
 
     /// Reports a lifecycle event to `PoolOptions::on_worker_event`; never throws into the pool.
     void event(WorkerEventKind kind, std::string_view key, WorkerId id, std::size_t mb,
-               std::string_view cause = {}) const noexcept {
-        if (!options || !options->on_worker_event) {
-            return;
-        }
-        try {
-            options->on_worker_event(WorkerEvent{kind, key, id, mb, cause});
-        } catch (...) {
-            logger->error("on_worker_event threw for worker {} of '{}' ({}); ignored", id, key,
-                          to_string(kind));
-        }
-    }
+               std::string_view cause = {}) const noexcept;
 
     /// Counts worker coroutines that have not finished, so shutdown can wait for them (a gate), and keeps the
     /// signal that cancels worker `id` when shutdown gives up waiting.
-    void enter(WorkerId id, std::shared_ptr<asio::cancellation_signal> signal) {
-        std::lock_guard lock(mutex);
-        ++live_workers;
-        signals.emplace(id, std::move(signal));
-    }
+    void enter(WorkerId id, std::shared_ptr<asio::cancellation_signal> signal);
 
     /// Worker `id`'s coroutine finished (or its frame was destroyed).
-    void leave(WorkerId id) {
-        std::lock_guard lock(mutex);
-        signals.erase(id);
-        if (--live_workers == 0) {
-            drained.notify_all();
-        }
-    }
+    void leave(WorkerId id);
 
     /// The cancellation signals of the workers still running.
-    std::vector<std::shared_ptr<asio::cancellation_signal>> running_signals() {
-        std::lock_guard lock(mutex);
-        std::vector<std::shared_ptr<asio::cancellation_signal>> out;
-        out.reserve(signals.size());
-        for (auto& [id, signal] : signals) {
-            out.push_back(signal);
-        }
-        return out;
-    }
+    std::vector<std::shared_ptr<asio::cancellation_signal>> running_signals();
 
     std::mutex mutex; ///< Guards live_workers and signals.
     std::map<WorkerId, std::shared_ptr<asio::cancellation_signal>>
@@ -100,3 +73,7 @@ struct pool_core {
 
 } // namespace detail
 } // namespace modelpool
+
+#if !defined(MODELPOOL_SEPARATE_COMPILATION)
+#include "modelpool/detail/impl/pool_core.ipp"
+#endif

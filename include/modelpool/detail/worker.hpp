@@ -12,6 +12,7 @@
 #pragma once
 
 #include "modelpool/asio.hpp"
+#include "modelpool/detail/config.hpp"
 #include "modelpool/detail/invoker.hpp"
 #include "modelpool/detail/job.hpp"
 #include "modelpool/detail/key_router.hpp"
@@ -54,6 +55,28 @@ struct gate_ticket {
     ~gate_ticket() { core->leave(id); }
 };
 
+// The capability-independent steps of `run_worker`, compiled once in separate-compilation mode
+// (detail/impl/worker.ipp). `capability` is the capability's name.
+
+/// The loader threw: the error its worker fails with.
+PoolError loader_threw();
+
+/// The load failed with `cause`: releases the worker's memory, counts and logs the failure and tells the
+/// router.
+void worker_load_failed(pool_core& core, key_router& router, WorkerId id, std::string_view capability,
+                        const PoolError& cause, AllocationGuard& guard);
+
+/// The model loaded: the worker is ready to serve.
+void worker_ready(pool_core& core, key_router& router, WorkerId id, std::string_view capability,
+                  std::size_t memory_mb);
+
+/// The worker returned from a request after it was found stuck: it stops.
+void worker_stuck_returned(pool_core& core, key_router& router, WorkerId id, std::string_view capability);
+
+/// The worker's loop ended (its model is destroyed): releases its memory, counts, logs and tells the router.
+void worker_finished(pool_core& core, key_router& router, WorkerId id, std::string_view capability,
+                     AllocationGuard& guard);
+
 /// Runs one worker of capability `Cap` with model type `T`, from load to stop. See the file comment.
 /// `ticket` is taken at spawn time, so shutdown waits for a worker even before its coroutine first runs, and
 /// leaves the gate even if the coroutine frame is destroyed unstarted.
@@ -67,7 +90,6 @@ asio::awaitable<void> run_worker(std::shared_ptr<pool_core> core, std::shared_pt
     // Shutdown cancels a worker to abort what it awaits (a loader's I/O, a model's timer); the worker itself
     // must then run on to its normal exit, so a cancellation must not make its own next co_await throw.
     co_await asio::this_coro::throw_if_cancelled(false);
-    const auto& key = router->key();
     router->transition(id, WorkerState::loading);
     core->metrics->loader_call();
 
@@ -75,23 +97,13 @@ asio::awaitable<void> run_worker(std::shared_ptr<pool_core> core, std::shared_pt
     try {
         loaded.emplace(co_await std::invoke(loader));
     } catch (...) {
-        loaded.emplace(fail(errc::spawn_failed, "loader threw: {}", describe_current_exception()));
+        loaded.emplace(unexpected<PoolError>(loader_threw()));
     }
 
     if (!*loaded) {
-        const auto& cause = loaded->error();
-        PoolError error(
-            errc::spawn_failed,
-            fmt::format("{} worker {} for '{}' failed to load: {}{}", Cap::name, id, key,
-                        cause.code() == errc::spawn_failed ? "" : fmt::format("{}: ", cause.code()),
-                        cause.message().empty() ? "(the loader gave no reason)" : cause.message()));
+        const PoolError cause = std::move(loaded->error());
         loaded.reset();
-        const auto mb = guard.size_mb();
-        guard.release(); // memory is back before anyone learns of the failure
-        core->metrics->worker_failed();
-        core->logger->error("{}", error.message());
-        router->worker_failed(id, error);
-        core->event(WorkerEventKind::failed, key, id, mb, error.message());
+        worker_load_failed(*core, *router, id, Cap::name, cause, guard);
         co_return;
     }
 
@@ -99,10 +111,7 @@ asio::awaitable<void> run_worker(std::shared_ptr<pool_core> core, std::shared_pt
         T model = std::move(**loaded);
         loaded.reset();
         const invoker<Cap> calls(model, core->env);
-        core->metrics->worker_loaded();
-        router->worker_loaded(id);
-        core->logger->debug("{} worker {} for '{}' ready ({} MB)", Cap::name, id, key, guard.size_mb());
-        core->event(WorkerEventKind::loaded, key, id, guard.size_mb());
+        worker_ready(*core, *router, id, Cap::name, guard.size_mb());
 
         auto executor = co_await asio::this_coro::executor;
         for (;;) {
@@ -120,18 +129,16 @@ asio::awaitable<void> run_worker(std::shared_ptr<pool_core> core, std::shared_pt
                 co_await asio::this_coro::throw_if_cancelled(false);
             }
             if (router->request_served(id)) {
-                core->logger->warn("{} worker {} for '{}' returned after being found stuck; it stops",
-                                   Cap::name, id, key);
+                worker_stuck_returned(*core, *router, id, Cap::name);
                 break;
             }
         }
     } // the model is destroyed before its memory is released
-    const auto mb = guard.size_mb();
-    guard.release();
-    core->metrics->worker_stopped();
-    core->logger->debug("{} worker {} for '{}' stopped", Cap::name, id, key);
-    router->worker_stopped(id);
-    core->event(WorkerEventKind::stopped, key, id, mb);
+    worker_finished(*core, *router, id, Cap::name, guard);
 }
 
 } // namespace modelpool::detail
+
+#if !defined(MODELPOOL_SEPARATE_COMPILATION)
+#include "modelpool/detail/impl/worker.ipp"
+#endif
