@@ -144,7 +144,7 @@ protected:
     ///
     /// The completion clears the handler's cancellation slot first: the timer leaves its cancellation handler
     /// there when it fires, and a later emit on the caller's signal would otherwise reach the freed timer.
-    void do_wait(asio::any_io_executor ex, time_point deadline, wait_handler handler) override;
+    MODELPOOL_DECL void do_wait(asio::any_io_executor ex, time_point deadline, wait_handler handler) override;
 };
 
 namespace detail {
@@ -208,7 +208,7 @@ public:
     explicit ManualClock(time_point start = default_start);
 
     /// Destroys pending waits' handlers without invoking them (see the class's lifetime rules).
-    ~ManualClock() override;
+    MODELPOOL_DECL ~ManualClock() override;
 
     /// The clock's current reading.
     [[nodiscard]] time_point now() const noexcept override { return state_->current(); }
@@ -228,7 +228,7 @@ public:
     [[nodiscard]] std::optional<time_point> next_deadline() const;
 
 protected:
-    void do_wait(asio::any_io_executor ex, time_point deadline, wait_handler handler) override;
+    MODELPOOL_DECL void do_wait(asio::any_io_executor ex, time_point deadline, wait_handler handler) override;
 
 private:
     friend struct detail::ManualClockState;

@@ -8,6 +8,9 @@
 // BOOST_ASIO_SEPARATE_COMPILATION works the same way. Templates stay in the headers in both modes.
 #pragma once
 
+// MODELPOOL_DECL also marks the in-class declarations of virtual functions defined in an .ipp file: declared
+// inline there in header-only mode, they are no key function, so a class's vtable (and every virtual function
+// with it) is emitted only where the class is constructed, not in each translation unit that includes it.
 #if defined(MODELPOOL_SEPARATE_COMPILATION)
 /// Marks a definition in impl/*.ipp: an ordinary (external) definition, compiled once.
 #define MODELPOOL_DECL
