@@ -339,7 +339,8 @@ public:
         using job_type = detail::unary_job<Cap, Op>;
         return asio::async_initiate<CompletionToken, void(result<typename Op::reply>)>(
             [this](auto handler, std::string key, Op op, RequestOptions request) {
-                auto admitted = admit<Cap>(key, request);
+                const auto now = clock_->now(); // read once: admission, enqueue time and deadline
+                auto admitted = admit<Cap>(key, request, now);
                 if (!admitted) {
                     detail::post_completion(
                         std::move(handler), fallback_->get(),
@@ -352,7 +353,7 @@ public:
                     std::move(op), typename job_type::handler_type(std::move(handler)), std::move(executor));
                 job->stats = router->stats();
                 job->permit = admitted->permit;
-                job->enqueued_at = clock_->now();
+                job->enqueued_at = now;
                 job->deadline = Clock::saturating_add(job->enqueued_at,
                                                       request.timeout.value_or(options_.request_timeout));
                 if (auto slot = job->cancellation_slot(); slot.is_connected()) {
@@ -399,14 +400,14 @@ public:
         return asio::async_initiate<CompletionToken, void(result<Stream<chunk>>)>(
             [this](auto handler, std::string key, Op op, std::shared_ptr<detail::stream_state<chunk>> state,
                    RequestOptions request) {
-                auto admitted = admit<Cap>(key, request);
+                const auto now = clock_->now(); // read once: admission, enqueue time and deadlines
+                auto admitted = admit<Cap>(key, request, now);
                 if (!admitted) {
                     detail::post_completion(std::move(handler), fallback_->get(),
                                             result<Stream<chunk>>(unexpected<PoolError>(admitted.error())));
                     return;
                 }
                 auto& router = admitted->router;
-                const auto now = clock_->now();
                 const auto whole =
                     Clock::saturating_add(now, request.timeout.value_or(options_.stream_timeout));
                 auto job = std::make_shared<detail::stream_job<Cap, Op>>(
@@ -593,7 +594,8 @@ private:
 
     // Counts the request and finds its key's router, checks the per-call options and asks the key's circuit
     // breaker; a refusal is counted as the request's outcome.
-    template <class Cap> result<admission> admit(std::string_view key, const RequestOptions& request) {
+    template <class Cap>
+    result<admission> admit(std::string_view key, const RequestOptions& request, Clock::time_point now) {
         core_->metrics->request();
         auto admitted = [&]() -> result<admission> {
             if (request.timeout && request.timeout->count() <= 0) {
@@ -610,7 +612,7 @@ private:
             if (!router) {
                 return unexpected<PoolError>(router.error());
             }
-            auto permit = (*router)->admit();
+            auto permit = (*router)->admit(now);
             if (!permit) {
                 return unexpected<PoolError>(permit.error());
             }

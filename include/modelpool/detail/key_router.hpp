@@ -81,7 +81,7 @@ public:
     [[nodiscard]] const std::shared_ptr<key_stats>& stats() const noexcept { return stats_; }
 
     /// Asks the key's circuit breaker to admit a request; `circuit_open` (counted) when it is open.
-    result<CircuitBreaker::Permit> admit();
+    result<CircuitBreaker::Permit> admit(Clock::time_point now);
 
     /// Starts the key's deadline sweeper (see `sweep`). `self` must own this router.
     void start(const std::shared_ptr<key_router>& self);
@@ -177,13 +177,16 @@ public:
     /// be interrupted and runs to its end (its result is discarded).
     void interrupt(const job_ptr& job);
 
-    /// True (once) when the worker's last request was interrupted: the worker then resets its cancellation
-    /// state before it serves the next one.
-    bool take_interrupted(WorkerId id);
+    /// What a worker does after a request: see `request_served`.
+    struct after_request {
+        bool stop = false;        ///< It was found stuck and a replacement was started: it stops.
+        bool interrupted = false; ///< Its call was interrupted: it resets its cancellation state first.
+    };
 
-    /// Marks a finished request on worker `id`; true when the worker must stop now (it was found stuck past a
-    /// deadline and a replacement was started; a worker of a key that is not registered serves on instead).
-    bool request_served(WorkerId id);
+    /// Marks a finished request on worker `id` (one lock per request). `stop` when it was found stuck past a
+    /// deadline and a replacement was started (a worker of a key that is not registered serves on instead);
+    /// `interrupted` when its model call was interrupted.
+    after_request request_served(WorkerId id);
 
     // ---- lifecycle
     // -----------------------------------------------------------------------------------------

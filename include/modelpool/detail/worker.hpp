@@ -123,12 +123,13 @@ asio::awaitable<void> run_worker(std::shared_ptr<pool_core> core, std::shared_pt
                 break;
             }
             co_await static_cast<detail::job<Cap>&>(*job).serve(calls);
-            if (router->take_interrupted(id)) {
+            const auto after = router->request_served(id);
+            if (after.interrupted) {
                 // The request was cancelled or timed out and its call interrupted: the next one starts clean.
                 co_await asio::this_coro::reset_cancellation_state();
                 co_await asio::this_coro::throw_if_cancelled(false);
             }
-            if (router->request_served(id)) {
+            if (after.stop) {
                 worker_stuck_returned(*core, *router, id, Cap::name);
                 break;
             }

@@ -17,8 +17,7 @@ MODELPOOL_DECL key_router::key_router(std::string key, std::type_index capabilit
       stats_(std::make_shared<key_stats>(core_->metrics, core_->clock, core_->options->breaker)),
       jitter_(core_->seed ^ std::hash<std::string>{}(key_)) {}
 
-MODELPOOL_DECL result<CircuitBreaker::Permit> key_router::admit() {
-    const auto now = core_->clock->now();
+MODELPOOL_DECL result<CircuitBreaker::Permit> key_router::admit(Clock::time_point now) {
     auto permit = stats_->breaker.try_admit(now);
     if (permit) {
         return permit;
@@ -331,31 +330,27 @@ MODELPOOL_DECL void key_router::interrupt(const job_ptr& job) {
     });
 }
 
-MODELPOOL_DECL bool key_router::take_interrupted(WorkerId id) {
-    std::lock_guard lock(mutex_);
-    auto it = workers_.find(id);
-    return it != workers_.end() && std::exchange(it->second.interrupted, false);
-}
-
-MODELPOOL_DECL bool key_router::request_served(WorkerId id) {
+MODELPOOL_DECL key_router::after_request key_router::request_served(WorkerId id) {
     std::lock_guard lock(mutex_);
     ++served_;
     auto it = workers_.find(id);
     if (it == workers_.end()) {
-        return false;
+        return {};
     }
-    ++it->second.served;
-    it->second.current.reset();
-    it->second.overdue.reset();
-    if (!it->second.unhealthy) {
-        return false;
+    auto& entry = it->second;
+    ++entry.served;
+    entry.current.reset();
+    entry.overdue.reset();
+    after_request after{.stop = false, .interrupted = std::exchange(entry.interrupted, false)};
+    if (entry.unhealthy) {
+        if (spec_) {
+            after.stop = true; // a replacement was started for it: it stops
+        } else {
+            entry.unhealthy = false; // nobody replaces a worker the application spawned: it serves again
+            --unhealthy_;
+        }
     }
-    if (spec_) {
-        return true; // a replacement was started for it: it stops
-    }
-    it->second.unhealthy = false; // nobody replaces a worker the application spawned: it serves again
-    --unhealthy_;
-    return false;
+    return after;
 }
 
 MODELPOOL_DECL void key_router::close(std::string reason) {
