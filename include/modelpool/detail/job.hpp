@@ -29,8 +29,12 @@ public:
     /// Completes the request with `error` unless it already ended.
     virtual void fail(const PoolError& error) = 0;
 
-    /// True once the request has ended (answered, failed or cancelled): a worker skips it.
+    /// True once the request has ended (answered, failed or cancelled), or nobody waits for it any more (an
+    /// abandoned stream): its model call need not run.
     [[nodiscard]] virtual bool done() const noexcept { return done_.load(std::memory_order_acquire); }
+
+    /// True once the request's outcome has been delivered and counted: it can be forgotten.
+    [[nodiscard]] bool claimed() const noexcept { return done_.load(std::memory_order_acquire); }
 
     /// When the request entered the queue (the pool's clock; for queue-wait figures).
     std::chrono::steady_clock::time_point enqueued_at{};

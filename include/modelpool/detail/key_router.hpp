@@ -332,7 +332,9 @@ private:
     // unhealthy and, for a registered key, a replacement starts. The sweeper ends when the router closes.
     static asio::awaitable<void> sweep(std::shared_ptr<key_router> self);
 
-    void start_locked(WorkerId id, const job_ptr& job);
+    // Marks `job` as served by worker `id`; true when the sweeper must be woken (see wake_sweeper) because
+    // the job's running deadline comes before what it sleeps until.
+    bool start_locked(WorkerId id, const job_ptr& job);
 
     void erase_locked(WorkerId id);
 

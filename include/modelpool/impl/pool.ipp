@@ -207,8 +207,8 @@ MODELPOOL_DECL void Pool::finish_stop() {
         core_->logger->warn("stop: {} worker(s) still busy after {} ms; ending their requests and "
                             "cancelling them",
                             live_workers(), current_grace().count());
-        fail_remaining_requests();
     }
+    fail_remaining_requests(); // grace period over, or no worker left to serve them: nothing stays waiting
     fallback_->stop();
     work_.reset();
     io_->stop();

@@ -180,7 +180,7 @@ MODELPOOL_DECL void key_router::worker_failed(WorkerId id, const PoolError& erro
             // many workers the round started.
             ++load_failures_;
             stats_->record_load_failure();
-            if (!spec_) {
+            if (!spec_ || closed_) { // a closed key retries nothing: its waiters learn now
                 take_queue_locked(orphans);
             } else {
                 reason = schedule_retry_locked(error, orphans);
@@ -221,8 +221,7 @@ MODELPOOL_DECL result<void> key_router::submit(job_ptr job) {
     if (!parked_.empty()) {
         auto [id, handler, executor, parked_at] = std::move(parked_.back());
         parked_.pop_back();
-        const bool wake = job->running_deadline() < armed_;
-        start_locked(id, job);
+        const bool wake = start_locked(id, job);
         lock.unlock();
         post_completion(std::move(handler), executor, std::move(job));
         if (wake) {
@@ -264,10 +263,11 @@ MODELPOOL_DECL result<void> key_router::submit(job_ptr job) {
 }
 
 MODELPOOL_DECL key_router::job_ptr key_router::try_take(WorkerId id) {
-    std::lock_guard lock(mutex_);
+    std::unique_lock lock(mutex_);
     auto job = pop_locked();
-    if (job) {
-        start_locked(id, job);
+    if (job && start_locked(id, job)) {
+        lock.unlock();
+        wake_sweeper();
     }
     return job;
 }
@@ -278,11 +278,12 @@ MODELPOOL_DECL void key_router::take_or_park(WorkerId id, asio::any_io_executor 
     std::unique_lock lock(mutex_);
     job_ptr job = pop_locked(); // after close() too: queued requests are drained
     if (job || closed_ || !transition_locked(id, WorkerState::idle)) {
-        if (job) {
-            start_locked(id, job);
-        }
+        const bool wake = job && start_locked(id, job);
         lock.unlock();
         post_completion(std::move(handler), executor, std::move(job));
+        if (wake) {
+            wake_sweeper();
+        }
         return;
     }
     pressure_since_ = Clock::time_point::max(); // a worker is idle: no pressure
@@ -664,7 +665,7 @@ MODELPOOL_DECL Clock::time_point key_router::expire_locked(Clock::time_point now
                                                            std::size_t& stuck) {
     Clock::time_point earliest = Clock::time_point::max();
     for (auto it = queue_.begin(); it != queue_.end();) {
-        if ((*it)->done()) {
+        if ((*it)->claimed()) {
             it = queue_.erase(it);
         } else if ((*it)->deadline <= now) {
             expired.emplace_back(std::move(*it), false);
@@ -758,12 +759,14 @@ MODELPOOL_DECL asio::awaitable<void> key_router::sweep(std::shared_ptr<key_route
     }
 }
 
-MODELPOOL_DECL void key_router::start_locked(WorkerId id, const job_ptr& job) {
+MODELPOOL_DECL bool key_router::start_locked(WorkerId id, const job_ptr& job) {
     transition_locked(id, WorkerState::busy);
     if (auto it = workers_.find(id); it != workers_.end()) {
         it->second.current = job;
         job->worker = id;
     }
+    // A running request may expire before what the sweeper sleeps until (a stream's idle timeout, say).
+    return job->running_deadline() < armed_;
 }
 
 MODELPOOL_DECL void key_router::erase_locked(WorkerId id) {
@@ -780,7 +783,7 @@ MODELPOOL_DECL key_router::job_ptr key_router::pop_locked() {
     while (!queue_.empty()) {
         job_ptr job = std::move(queue_.front());
         queue_.pop_front();
-        if (!job->done()) {
+        if (!job->claimed()) { // an abandoned stream is still served: it ends (and is counted) as cancelled
             return job;
         }
     }
