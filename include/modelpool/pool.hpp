@@ -489,15 +489,17 @@ public:
     ///
     /// Idempotent and safe from any thread. A later call with a shorter `grace` shortens a stop in progress
     /// (`stop(0ms)` after `stop()`: end everything now), as a second Ctrl+C does. Called from one of the
-    /// pool's own threads (inside a pool coroutine) it returns at once and a thread of the pool's own
-    /// finishes the shutdown, since a thread cannot join itself; `wait_stopped()` (from another thread) or
-    /// the destructor waits for it. The grace period is measured in real time (`std::chrono::steady_clock`),
-    /// not on the injected clock. A blocking model call that never returns makes step 3 wait for it: blocking
-    /// calls cannot be interrupted.
+    /// pool's own threads (inside a pool coroutine) it returns at once and a thread of the pool's own runs
+    /// steps 1 and 2 (`wait_stopped()` from another thread waits for them); the io threads keep running the
+    /// remaining handlers (the calling coroutine's included) until a `stop()` from another thread or the
+    /// destructor does step 3, since a thread cannot join itself. The grace period is measured in real time
+    /// (`std::chrono::steady_clock`), not on the injected clock. A blocking model call that never returns
+    /// makes step 3 wait for it: blocking calls cannot be interrupted.
     void stop(std::chrono::milliseconds grace);
 
-    /// Blocks until the pool has stopped completely (after `stop()`, possibly called elsewhere). Must not be
-    /// called on a pool thread (it would wait for itself): there it returns at once.
+    /// Blocks until the pool has stopped serving (after `stop()`, possibly called elsewhere): every request
+    /// ended, every worker that honours cancellation ended and released its memory. Must not be called on a
+    /// pool thread (it would wait for itself): there it returns at once.
     void wait_stopped();
 
 private:
@@ -551,6 +553,7 @@ private:
     Pool(PoolOptions options, private_tag);
 
     void finish_stop();
+    void drain_for_pool_thread_stop();
 
     void begin_stop();
 
@@ -652,6 +655,7 @@ private:
     std::mutex join_mutex_;
     std::condition_variable stopped_cv_; // joined_ became true
     bool joined_ = false;
+    bool drained_ = false; // steps 1 and 2 of a stop() called on a pool thread are done (join_mutex_)
     std::chrono::steady_clock::time_point drain_until_ =
         std::chrono::steady_clock::time_point::max(); // core mutex
     std::chrono::milliseconds grace_{0};              // the grace period in force (core mutex)

@@ -81,7 +81,8 @@ MODELPOOL_DECL void Pool::stop(std::chrono::milliseconds grace) {
     }
     core_->drained.notify_all();
     if (on_pool_thread()) {
-        std::call_once(stopper_once_, [this] { stopper_ = std::thread([this] { finish_stop(); }); });
+        std::call_once(stopper_once_,
+                       [this] { stopper_ = std::thread([this] { drain_for_pool_thread_stop(); }); });
         return;
     }
     finish_stop();
@@ -92,7 +93,20 @@ MODELPOOL_DECL void Pool::wait_stopped() {
         return;
     }
     std::unique_lock lock(join_mutex_); // allowed-blocking: never on a pool thread (checked above)
-    stopped_cv_.wait(lock, [this] { return joined_; });
+    stopped_cv_.wait(lock, [this] { return joined_ || drained_; });
+}
+
+MODELPOOL_DECL void Pool::drain_for_pool_thread_stop() {
+    if (!wait_drained()) {
+        core_->logger->warn("stop: {} worker(s) still busy after {} ms; ending their requests",
+                            live_workers(), current_grace().count());
+    }
+    fail_remaining_requests();
+    {
+        std::lock_guard lock(join_mutex_);
+        drained_ = true;
+    }
+    stopped_cv_.notify_all();
 }
 
 MODELPOOL_DECL result<std::shared_ptr<detail::key_router>> Pool::find_router(std::string_view key) const {
@@ -221,11 +235,23 @@ MODELPOOL_DECL void Pool::finish_stop() {
     io_->restart();
     // Held until the io_context's work is done: co_spawn forwards a cancellation by posting, and the
     // forwarder uses memory inside the signal even if the worker finishes (and leaves the gate) first.
-    const auto signals = core_->running_signals();
-    for (const auto& signal : signals) {
-        signal->emit(asio::cancellation_type::terminal);
+    std::vector<std::shared_ptr<asio::cancellation_signal>> emitted;
+    // Repeated while that makes progress: a worker whose coroutine had not started yet when its signal was
+    // emitted misses it (signals are not sticky) and gets it in the next round.
+    for (int round = 0; round < 16; ++round) {
+        auto signals = core_->running_signals();
+        if (signals.empty()) {
+            break;
+        }
+        for (const auto& signal : signals) {
+            signal->emit(asio::cancellation_type::terminal);
+        }
+        emitted.insert(emitted.end(), signals.begin(), signals.end());
+        io_->restart();
+        if (io_->poll() == 0) { // allowed-blocking: on the stopping thread, after the io threads were joined
+            break;
+        }
     }
-    io_->poll(); // allowed-blocking: on the stopping thread, after the io threads were joined
     blocking_.stop();
     blocking_.join();
     io_->restart();
