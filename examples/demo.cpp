@@ -52,8 +52,7 @@ the blocking executor runs blocking model calls on other threads
 every request ends exactly once with its result or an error)";
 
 /// Writes the corpus to the demo's cache directory on first run and returns its path.
-std::filesystem::path ensure_corpus() {
-    auto dir = std::filesystem::temp_directory_path() / "modelpool-demo";
+std::filesystem::path ensure_corpus(std::filesystem::path dir) {
     std::filesystem::create_directories(dir);
     auto path = dir / "corpus.txt";
     if (!std::filesystem::exists(path)) {
@@ -133,8 +132,8 @@ float cosine(const Embedding& a, const Embedding& b) {
     return std::inner_product(a.begin(), a.end(), b.begin(), 0.0f);
 }
 
-asio::awaitable<int> run_demo(modelpool::Pool& pool, bool smoke) {
-    const auto corpus_path = ensure_corpus();
+asio::awaitable<int> run_demo(modelpool::Pool& pool, bool smoke, std::filesystem::path cache_dir) {
+    const auto corpus_path = ensure_corpus(std::move(cache_dir));
     auto& log = pool.logger();
 
     // Cold start: two embedding workers. The loader co_awaits a file read offloaded to the blocking executor.
@@ -265,18 +264,21 @@ int main(int argc, char** argv) {
     bool smoke = false;
     bool metrics = false;
     std::string level = "info";
+    auto cache_dir = std::filesystem::temp_directory_path() / "modelpool-demo";
     for (int i = 1; i < argc; ++i) {
         std::string_view arg = argv[i];
         if (arg == "--smoke") {
             smoke = true;
         } else if (arg == "--metrics") {
             metrics = true;
+        } else if (arg == "--cache-dir" && i + 1 < argc) {
+            cache_dir = argv[++i];
         } else if (arg.starts_with("--log-level=")) {
             level = std::string(arg.substr(12));
         } else if (arg == "--help" || arg == "-h") {
-            std::printf(
-                "usage: modelpool_demo [--smoke] [--metrics] [--log-level=trace|debug|info|warn|error]\n"
-                "  --metrics   print the pool's Prometheus metrics before stopping\n");
+            std::printf("usage: modelpool_demo [--smoke] [--metrics] [--cache-dir DIR] "
+                        "[--log-level=trace|debug|info|warn|error]\n"
+                        "  --metrics   print the pool's Prometheus metrics before stopping\n");
             return 0;
         } else {
             std::fprintf(stderr, "unknown argument '%s' (try --help)\n", argv[i]);
@@ -298,7 +300,7 @@ int main(int argc, char** argv) {
                           .retry_backoff_initial = std::chrono::milliseconds(100),
                           .retry_backoff_max = std::chrono::milliseconds(1000)});
     modelpool::StopOnSignals on_signals(pool); // Ctrl+C: graceful stop, twice: immediate
-    auto outcome = asio::co_spawn(pool.get_executor(), run_demo(pool, smoke), asio::use_future);
+    auto outcome = asio::co_spawn(pool.get_executor(), run_demo(pool, smoke, cache_dir), asio::use_future);
     int code = outcome.get(); // the main thread waits; no pool thread ever blocks
     if (metrics) {
         std::printf("%s", pool.prometheus().c_str());
