@@ -498,6 +498,32 @@ TEST_CASE("ensure_workers starts workers up to the count and never above max_wor
     check_error(h.pool().ensure_workers("manual", 2), errc::invalid_argument, {"'manual'"});
 }
 
+// Found by the libFuzzer target (tests/fuzz): registering a key that had directly spawned workers adopted
+// them, so the key could hold more workers than its max_workers.
+TEST_CASE("a key is a registered model or has directly spawned workers, never both", "[registry][spawn]") {
+    Harness h;
+    for (int i = 0; i < 3; ++i) {
+        auto guard = h.pool().governor().try_allocate(1, "manual");
+        REQUIRE(guard.has_value());
+        REQUIRE(h.pool().spawn_text_embedding_worker("manual", ready_loader(CoroEmbedder{}), 1,
+                                                     std::move(*guard)));
+    }
+    check_error(h.register_numbered("manual", {.per_worker_mb = 1, .max_workers = 2}), errc::invalid_argument,
+                {"'manual'", "3 worker(s) spawned directly"});
+    CHECK_FALSE(h.snap("manual").registered);
+
+    REQUIRE(h.register_numbered("managed", {.per_worker_mb = 1, .min_workers = 1, .max_workers = 1}));
+    REQUIRE(h.events.wait_for(WorkerEventKind::loaded, 1, "managed"));
+    auto guard = h.pool().governor().try_allocate(1, "managed");
+    REQUIRE(guard.has_value());
+    check_error(
+        h.pool().spawn_text_embedding_worker("managed", ready_loader(CoroEmbedder{}), 1, std::move(*guard)),
+        errc::invalid_argument, {"'managed'", "registered model", "max_workers of 1"});
+    h.settle();
+    CHECK(all_workers(h.snap("managed")) == 1);
+    CHECK(h.pool().governor().allocated_mb() == 4); // 3 manual + 1 managed: the refused guard was released
+}
+
 TEST_CASE("ensure_workers reports memory_exhausted when not even one worker fits", "[registry][memory]") {
     Harness h([](PoolOptions& o) { o.memory_limit_mb = 50; });
     REQUIRE(h.register_numbered("huge", {.per_worker_mb = 80}));

@@ -181,8 +181,9 @@ public:
     ///
     /// Returns at once: the new worker's id, or an error for bad arguments (`invalid_argument`: empty or too
     /// long key, `per_worker_mb == 0`, an empty guard, a guard of another size or from another pool's
-    /// governor, a key already serving another capability; `shutting_down` after `stop()`). On error the
-    /// guard is released before returning.
+    /// governor, a key already serving another capability, a registered model's key (the pool starts those
+    /// workers: see `ensure_workers`); `shutting_down` after `stop()`). On error the guard is released before
+    /// returning.
     ///
     /// The worker then co_awaits `model_loader()` on the pool's io_context. On success it registers with
     /// `registry_key` and serves; on failure (an error or an exception) it never registers, releases
@@ -270,7 +271,7 @@ public:
     /// - `min_workers` are started now and kept (restarted at maintenance ticks if they fail or stop).
     ///
     /// Fails with `invalid_argument` (bad key, `per_worker_mb == 0`, `min_workers > max_workers`, a key that
-    /// serves another capability or is registered already) or `shutting_down`.
+    /// serves another capability, is registered already or has workers spawned directly) or `shutting_down`.
     template <capability_descriptor Cap, class T, class F>
         requires model_loader<F, T> && std::copy_constructible<F> result<void>
         register_model(std::string_view registry_key, F model_loader, ModelOptions model) {

@@ -47,6 +47,15 @@ MODELPOOL_DECL result<void> key_router::set_spec(std::shared_ptr<const model_spe
         if (spec_) {
             return fail(errc::invalid_argument, "model '{}' is already registered", key_);
         }
+        // A key is either the pool's (registered) or the application's (spawn_*_worker), never both: the pool
+        // could not keep a maximum, nor evict, workers it did not start.
+        if (const std::size_t alive = alive_locked(); alive > 0) {
+            return fail(
+                errc::invalid_argument,
+                "cannot register '{}': it has {} worker(s) spawned directly with spawn_*_worker; a "
+                "registered model's workers are started by the pool, so register it under a key of its own",
+                key_, alive);
+        }
         spec_ = std::move(spec);
         order = plan_locked(core_->clock->now());
     }
@@ -139,6 +148,13 @@ MODELPOOL_DECL result<void> key_router::add_worker(WorkerId id, std::size_t memo
     std::lock_guard lock(mutex_);
     if (closed_) {
         return fail(errc::shutting_down, "cannot spawn a worker for '{}': {}", key_, closed_reason_);
+    }
+    if (spec_ && !reserved) {
+        return fail(
+            errc::invalid_argument,
+            "cannot spawn a worker for '{}' directly: it is a registered model, whose workers the pool "
+            "starts (use ensure_workers to start more, up to its max_workers of {})",
+            key_, spec_->max_workers);
     }
     worker_entry entry;
     entry.memory_mb = memory_mb;
