@@ -8,15 +8,9 @@
 // blocking executor and resumes the loader on its io thread when it returns. The legacy function stays as it
 // is.
 //
-// The wrong way, which this replaces (do not do this):
-//
-//     auto loader = [path]() -> asio::awaitable<result<LegacyEmbedder>> {
-//         co_return LegacyEmbedder{load_legacy_model(path)}; // blocks the io thread for the whole load
-//     };
-//     // ... or a sync-over-async bridge on a pool thread, the C++ block_in_place + block_on:
-//     //     std::async(std::launch::async, load_legacy_model, path).get();
-//     //     asio::io_context nested; asio::co_spawn(nested, load_async(path), ...); nested.run();
-//
+// The wrong way, which this replaces, is shown commented out next to the loader in main(): calling the legacy
+// function directly inside the coroutine loader, or bridging back to synchronous code on a pool thread (a
+// `future.get()`, a nested `io_context::run()`), which is what `block_in_place` + `block_on` did in Rust.
 // Each parks the io thread until the load ends: every other worker's load, every request and every timer on
 // that io_context stalls meanwhile. With one io thread (the default) it can deadlock: a `future.get()`
 // waiting for something only that io thread can complete (a pool request, a timer) waits for itself forever.
@@ -148,7 +142,18 @@ int main(int argc, char** argv) {
     auto heartbeat_done = asio::co_spawn(pool.get_executor(), heartbeat(hb), asio::use_future);
     std::atomic<long> ticks_during_load{-1};
 
-    // The migration: the legacy function, unchanged, runs on the blocking executor; the loader co_awaits it.
+    // WRONG (what this replaces; do not do this): the legacy call on the io thread, directly or through a
+    // synchronous bridge, the C++ spelling of block_in_place + block_on:
+    //
+    //     auto loader = [&]() -> asio::awaitable<result<LegacyEmbedder>> {
+    //         co_return LegacyEmbedder{load_legacy_model(path, passes)};      // blocks the io thread, or:
+    //         // co_return LegacyEmbedder{std::async(load_legacy_model, path, passes).get()};
+    //         // asio::io_context nested; asio::co_spawn(nested, ...); nested.run();  // nested event loop
+    //     };
+    //
+    // Then the heartbeat could not tick during the load, and the smoke check below would fail.
+
+    // RIGHT: the legacy function, unchanged, runs on the blocking executor; the loader co_awaits it.
     auto loader = [&]() -> asio::awaitable<result<LegacyEmbedder>> {
         auto blocking_load = [&]() -> result<LegacyModel> {
             const long start = hb.ticks.load();
