@@ -95,24 +95,12 @@ void check_end(const Ledger& ledger, const Ledger::Entry* e, End how, errc code 
     });
 }
 
-/// Emits `e`'s cancellation signal on the pool's (single) io thread, where the request's completion and
-/// slot handling also run, so the emit never races with them.
-void cancel(Rig& rig, Ledger::Entry* e) {
-    REQUIRE(e->signal);
-    asio::post(rig.pool().get_executor(),
-               [signal = e->signal] { signal->emit(asio::cancellation_type::terminal); });
-}
-
 /// Runs maintenance after advancing the clock, then lets the io thread catch up.
 void tick(Rig& rig, std::chrono::milliseconds d) {
     rig.manual->advance(d);
     rig.settle();
     rig.pool().maintain();
     rig.settle();
-}
-
-void no_breaker(PoolOptions& o) {
-    o.breaker.failure_threshold = 0;
 }
 
 } // namespace
@@ -773,156 +761,8 @@ TEST_CASE("stop during cold start - during streaming - and from inside a pool co
 }
 
 // ===========================================================================================================
-// Randomized sequences
-
-namespace {
-
-struct RandomStats {
-    std::uint64_t steps = 0;
-    std::uint64_t requests = 0;
-    std::uint64_t faults = 0;
-};
-
-/// One seeded run: random interleavings of register/spawn, requests, cancellations, abandoned streams, clock
-/// steps with maintenance, fault toggles and stop, checked against the invariants.
-void random_run(std::uint64_t seed, RandomStats& stats) {
-    std::mt19937_64 rng(seed);
-    auto pick = [&](std::uint64_t n) { return rng() % n; };
-    Rig rig([&](PoolOptions& o) {
-        o.memory_limit_mb = 6 + pick(6);
-        o.queue_capacity = 1 + pick(6);
-        o.cold_start_workers = 1 + pick(2);
-        o.max_workers_per_model = 2 + pick(2);
-        o.load_retries = pick(3);
-        o.retry_backoff_initial = 500ms;
-        o.retry_backoff_max = 2s;
-        o.idle_timeout = 3s;
-        o.stuck_grace = 1s;
-        o.stream_idle_timeout = 4s;
-        o.random_seed = seed;
-        if (pick(2) == 0) {
-            no_breaker(o);
-        } else {
-            o.breaker = {.failure_threshold = 3, .open_time = 2s, .half_open_probes = 1};
-        }
-    });
-    auto& f = *rig.faults;
-    struct Key {
-        std::string name;
-        Cap cap;
-        bool registered = false;
-    };
-    std::vector<Key> keys;
-    for (std::size_t k = 0; k < 5; ++k) {
-        keys.push_back({fmt::format("k{}", k), all_caps[pick(all_caps.size())]});
-    }
-    std::vector<Sent> sent;
-    const char* verbs[] = {"ok", "ok", "ok", "ok", "fail", "throw", "hang", "half", "long"};
-    const std::uint64_t steps = 60 + pick(60);
-    const std::uint64_t stop_at = pick(4) == 0 ? pick(steps) : steps;
-    for (std::uint64_t step = 0; step < steps; ++step) {
-        INFO("seed " << seed << " step " << step);
-        if (step == stop_at) {
-            rig.stop(pick(2) == 0 ? 0ms : 50ms);
-        }
-        const auto op = pick(100);
-        auto& key = keys[pick(keys.size())];
-        if (op < 10) { // register (again: refused) or spawn a worker directly
-            if (pick(3) != 0) {
-                const ModelOptions model{
-                    .per_worker_mb = 1 + pick(3), .min_workers = pick(2), .max_workers = 1 + pick(3)};
-                auto registered = register_chaos(rig.pool(), key.cap, key.name, rig.faults, model);
-                if (!registered) {
-                    const auto code = registered.error().code();
-                    CHECK((code == errc::invalid_argument || code == errc::shutting_down));
-                    CHECK(contains(registered.error().message(), key.name));
-                }
-                key.registered = key.registered || registered.has_value();
-            } else if (key.cap == Cap::text_embedding && !key.registered) {
-                auto guard = rig.pool().governor().try_allocate(1, key.name);
-                if (guard) {
-                    auto id = rig.pool().spawn_text_embedding_worker(key.name, chaos_loader(rig.faults), 1,
-                                                                     std::move(*guard));
-                    if (!id) {
-                        CHECK(id.error().code() == errc::shutting_down);
-                    }
-                }
-            }
-        } else if (op < 55) { // a request
-            const std::string_view verb = verbs[pick(std::size(verbs))];
-            SendOptions options;
-            options.cancellable = !is_stream(key.cap) && pick(3) == 0;
-            if (is_stream(key.cap) && (pick(4) == 0 || verb == "long")) {
-                options.abandon_after = 1 + pick(3); // the consumer abandons the stream
-            }
-            if (pick(4) == 0) {
-                options.request = RequestOptions{.timeout = std::chrono::milliseconds(500 + pick(8000))};
-            }
-            sent.push_back(rig.send(key.cap, key.name, verb, options));
-            ++stats.requests;
-        } else if (op < 63) { // cancel a pending unary request / abandon a stream
-            auto pending = rig.ledger.pending();
-            if (!pending.empty()) {
-                auto* e = pending[pick(pending.size())];
-                if (e->signal) {
-                    cancel(rig, e);
-                }
-                for (auto& s : sent) {
-                    if (s.entry == e && s.abandon) {
-                        asio::post(rig.pool().get_executor(), s.abandon);
-                    }
-                }
-            }
-        } else if (op < 80) { // time passes; maintenance runs
-            rig.manual->advance(std::chrono::milliseconds(pick(3000)));
-            rig.pool().maintain();
-        } else if (op < 85) {
-            if (auto ensured = rig.pool().ensure_workers(key.name, pick(4)); !ensured) {
-                const auto code = ensured.error().code();
-                CHECK((code == errc::invalid_argument || code == errc::shutting_down ||
-                       code == errc::memory_exhausted));
-            }
-        } else if (op < 95) { // fault toggles
-            ++stats.faults;
-            switch (pick(4)) {
-            case 0:
-                f.fail_loads = static_cast<int>(pick(4));
-                break;
-            case 1:
-                f.throw_loads = 1;
-                break;
-            case 2:
-                f.hang_loads = !f.hang_loads;
-                break;
-            default:
-                f.empty_message = !f.empty_message;
-                break;
-            }
-        } else {
-            rig.settle();
-            rig.check_max_workers();
-        }
-        ++stats.steps;
-    }
-    INFO("seed " << seed << " (replay: MODELPOOL_SEED=" << seed << " modelpool_tests \"[random]\")");
-    if (!rig.stopped) {
-        f.fail_loads = 0; // see the stop above
-        f.throw_loads = 0;
-        // Let hangs and loads run into their deadlines, then check the pool at rest before stopping it.
-        f.hang_loads = false;
-        for (int i = 0; i < 6; ++i) {
-            rig.manual->advance(5s);
-            rig.settle();
-            rig.pool().maintain();
-        }
-        rig.check_at_rest();
-        rig.stop(pick(2) == 0 ? 0ms : 50ms);
-    }
-    rig.check_after_stop();
-    stats.faults += static_cast<std::uint64_t>(f.injected.load());
-}
-
-} // namespace
+// Randomized sequences: the interpreter is run_sequence (support/reliability.hpp), whose choices come from a
+// seeded RNG here and from the input bytes in the fuzzer (tests/fuzz/pool_fuzzer.cpp).
 
 TEST_CASE("randomized sequences of spawn - request - cancel - clock - eviction - faults and stop keep the "
           "invariants",
@@ -934,7 +774,8 @@ TEST_CASE("randomized sequences of spawn - request - cancel - clock - eviction -
     const auto start = std::chrono::steady_clock::now();
     for (std::uint64_t seed = first; seed < first + seeds; ++seed) {
         INFO("seed " << seed << " (replay: MODELPOOL_SEED=" << seed << ")");
-        random_run(seed, stats);
+        SeededSteps steps(seed);
+        run_sequence(seed, steps, stats);
     }
     const auto ms =
         std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start)

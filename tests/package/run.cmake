@@ -1,10 +1,12 @@
 cmake_minimum_required(VERSION 3.21)
 
-# cmake -P script behind the CTest tests package.find_package and package.fetchcontent.
+# cmake -P script behind the CTest tests package.find_package and package.fetchcontent. The consumer is the
+# example application examples/find_package (targets modelpool_app and, with modelpool::compiled,
+# modelpool_app_compiled); checks.cmake, next to this script, adds the test-only checks to its configure step.
 #   MODE=find_package: cmake --install BUILD_DIR into WORK_DIR/prefix, then build the consumer against that prefix.
 #   MODE=fetchcontent: build the consumer with FetchContent(SOURCE_DIR=SOURCE_DIR).
 #   EXPECT_COMPILED=ON (find_package only): the package must also provide modelpool::compiled.
-# Either way the consumer must configure, build, run, exit 0 and print its line.
+# Either way the consumer must configure, build, run, exit 0 and print its reply.
 foreach(var MODE SOURCE_DIR BUILD_DIR WORK_DIR GENERATOR CXX_COMPILER)
     if(NOT DEFINED ${var} OR "${${var}}" STREQUAL "")
         message(FATAL_ERROR "run.cmake: -D ${var}=... is required")
@@ -22,7 +24,8 @@ function(run)
 endfunction()
 
 file(REMOVE_RECURSE "${WORK_DIR}")
-set(consumer_args -DMODELPOOL_CONSUME=${MODE})
+set(consumer_args -DMODELPOOL_CONSUME=${MODE}
+    "-DCMAKE_PROJECT_modelpool_find_package_example_INCLUDE=${CMAKE_CURRENT_LIST_DIR}/checks.cmake")
 
 if(MODE STREQUAL "find_package")
     set(prefix "${WORK_DIR}/prefix")
@@ -57,24 +60,28 @@ foreach(pair CXX_COMPILER_LAUNCHER:CMAKE_CXX_COMPILER_LAUNCHER CXX_STANDARD:CMAK
 endforeach()
 
 set(build "${WORK_DIR}/build")
-run("${CMAKE_COMMAND}" -S "${SOURCE_DIR}/tests/package" -B "${build}" -G "${GENERATOR}" ${consumer_args})
+run("${CMAKE_COMMAND}" -S "${SOURCE_DIR}/examples/find_package" -B "${build}" -G "${GENERATOR}" ${consumer_args})
+if(NOT output MATCHES "modelpool package checks: passed")
+    message(FATAL_ERROR "checks.cmake did not run in the consumer's configure step; it printed:\n${output}")
+endif()
 run("${CMAKE_COMMAND}" --build "${build}")
-find_program(consumer consumer PATHS "${build}" "${build}/${BUILD_TYPE}" NO_DEFAULT_PATH REQUIRED)
+find_program(consumer modelpool_app PATHS "${build}" "${build}/${BUILD_TYPE}" NO_DEFAULT_PATH REQUIRED)
 run("${consumer}")
-if(NOT output MATCHES "modelpool consumer: pool started and stopped")
+set(expected_line "modelpool app: worker [0-9]+ embed\\(\"hello modelpool\"\\) = \\[15, 1\\]; pool stopped")
+if(NOT output MATCHES "${expected_line}")
     message(FATAL_ERROR "the consumer ran but did not print its line; it printed:\n${output}")
 endif()
 message(STATUS "package test (${MODE}): consumer built and ran: ${output}")
 
 # find_package with EXPECT_COMPILED: modelpool::compiled was installed, and a consumer linking it runs too.
 if(MODE STREQUAL "find_package" AND EXPECT_COMPILED)
-    find_program(consumer_compiled consumer_compiled PATHS "${build}" "${build}/${BUILD_TYPE}" NO_DEFAULT_PATH)
+    find_program(consumer_compiled modelpool_app_compiled PATHS "${build}" "${build}/${BUILD_TYPE}" NO_DEFAULT_PATH)
     if(NOT consumer_compiled)
-        message(FATAL_ERROR "the installed package has no modelpool::compiled (consumer_compiled was not built)")
+        message(FATAL_ERROR "the installed package has no modelpool::compiled (modelpool_app_compiled was not built)")
     endif()
     run("${consumer_compiled}")
-    if(NOT output MATCHES "modelpool consumer: pool started and stopped")
+    if(NOT output MATCHES "${expected_line}")
         message(FATAL_ERROR "consumer_compiled ran but did not print its line; it printed:\n${output}")
     endif()
-    message(STATUS "package test (${MODE}): consumer_compiled (modelpool::compiled) built and ran: ${output}")
+    message(STATUS "package test (${MODE}): modelpool_app_compiled (modelpool::compiled) built and ran: ${output}")
 endif()

@@ -1,7 +1,11 @@
 // Helpers of the reliability suite (tests/reliability_tests.cpp): a fault-injecting model for all five
 // capabilities and its loader, a ledger that checks that every request ends exactly once, a recorder of
-// worker lifecycle events that checks their order, and a pool rig with the invariant checks every scenario
-// runs.
+// worker lifecycle events that checks their order, a pool rig with the invariant checks every scenario
+// runs, and the interpreter of randomized operation sequences (`run_sequence`), whose choices come from a
+// pluggable step source: a seeded RNG in the reliability test, the input bytes in tests/fuzz/pool_fuzzer.cpp.
+//
+// The checks are Catch2's CHECK/REQUIRE/INFO/FAIL; with MODELPOOL_RELIABILITY_ABORT_CHECKS defined (the
+// fuzzer) they come from tests/fuzz/abort_checks.hpp instead, which prints the failure and aborts.
 //
 // Nothing here sleeps: waits are on condition variables, futures and the pool's own executor, each bounded so
 // that a bug fails a test instead of hanging it.
@@ -10,16 +14,24 @@
 // to a co_await expression.
 #pragma once
 
+#if defined(MODELPOOL_RELIABILITY_ABORT_CHECKS)
+#include "fuzz/abort_checks.hpp"
+#else
 #include "support/catch.hpp"
+#endif
 #include "support/test_models.hpp"
 
 #include <modelpool/pool.hpp>
 
+#include <fmt/format.h>
+
 #include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/use_future.hpp>
 
 #include <atomic>
 #include <chrono>
+#include <concepts>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
@@ -30,6 +42,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <random>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -978,5 +991,236 @@ struct Rig {
         }
     }
 };
+
+// ---- randomized sequences ---------------------------------------------------------------------------------
+
+/// Emits `e`'s cancellation signal on the pool's (single) io thread, where the request's completion and
+/// slot handling also run, so the emit never races with them.
+inline void cancel(Rig& rig, Ledger::Entry* e) {
+    REQUIRE(e->signal);
+    asio::post(rig.pool().get_executor(),
+               [signal = e->signal] { signal->emit(asio::cancellation_type::terminal); });
+}
+
+inline void no_breaker(PoolOptions& o) {
+    o.breaker.failure_threshold = 0;
+}
+
+struct RandomStats {
+    std::uint64_t steps = 0;
+    std::uint64_t requests = 0;
+    std::uint64_t faults = 0;
+};
+
+/// Where a sequence gets its choices: `pick(n)` returns one in [0, n); `more()` false ends the sequence early
+/// (then the invariant checks run). The reliability test uses `SeededSteps`; tests/fuzz/pool_fuzzer.cpp
+/// decodes the choices from the fuzzer's input bytes.
+template <class S>
+concept step_source = requires(S& s, std::uint64_t n) {
+    { s.pick(n) } -> std::convertible_to<std::uint64_t>;
+    { s.more() } -> std::convertible_to<bool>;
+};
+
+/// Choices from a seeded std::mt19937_64 (`MODELPOOL_SEED=<seed>` replays one).
+struct SeededSteps {
+    std::mt19937_64 rng;
+    explicit SeededSteps(std::uint64_t seed) : rng(seed) {}
+    std::uint64_t pick(std::uint64_t n) { return rng() % n; }
+    static bool more() { return true; }
+};
+
+/// How `run_sequence` runs, beyond its choices.
+struct SequenceOptions {
+    /// When set, each step is described there (one line each) as it runs, so that a failing sequence can be
+    /// printed.
+    std::vector<std::string>* trace = nullptr;
+    /// Register a key on which workers were spawned directly. Off in the fuzzer by default: register_model
+    /// accepts such a key and the key then counts more workers than its max_workers (a known defect, found by
+    /// the fuzzer; see tests/fuzz/pool_fuzzer.cpp).
+    bool register_after_direct_spawn = true;
+};
+
+/// One run of a random sequence: interleavings of register/spawn, requests, cancellations, abandoned streams,
+/// clock steps with maintenance, fault toggles and stop, checked against the invariants. `seed` seeds the
+/// pool's own jitter; every choice comes from `source`.
+template <step_source Source>
+void run_sequence(std::uint64_t seed, Source& source, RandomStats& stats,
+                  const SequenceOptions& options = {}) {
+    auto pick = [&](std::uint64_t n) { return static_cast<std::uint64_t>(source.pick(n)); };
+    auto note = [&](auto&&... parts) {
+        if (options.trace != nullptr) {
+            std::ostringstream line;
+            (line << ... << parts);
+            options.trace->push_back(line.str());
+        }
+    };
+    Rig rig([&](PoolOptions& o) {
+        o.memory_limit_mb = 6 + pick(6);
+        o.queue_capacity = 1 + pick(6);
+        o.cold_start_workers = 1 + pick(2);
+        o.max_workers_per_model = 2 + pick(2);
+        o.load_retries = pick(3);
+        o.retry_backoff_initial = 500ms;
+        o.retry_backoff_max = 2s;
+        o.idle_timeout = 3s;
+        o.stuck_grace = 1s;
+        o.stream_idle_timeout = 4s;
+        o.random_seed = seed;
+        if (pick(2) == 0) {
+            no_breaker(o);
+        } else {
+            o.breaker = {.failure_threshold = 3, .open_time = 2s, .half_open_probes = 1};
+        }
+        note("pool: memory_limit_mb ", o.memory_limit_mb, ", queue_capacity ", o.queue_capacity,
+             ", cold_start_workers ", o.cold_start_workers, ", max_workers_per_model ",
+             o.max_workers_per_model, ", load_retries ", o.load_retries, ", breaker ",
+             o.breaker.failure_threshold == 0 ? "off" : "3/2s/1");
+    });
+    auto& f = *rig.faults;
+    struct Key {
+        std::string name;
+        Cap cap;
+        bool registered = false;
+        bool spawned_directly = false;
+    };
+    std::vector<Key> keys;
+    for (std::size_t k = 0; k < 5; ++k) {
+        keys.push_back({fmt::format("k{}", k), all_caps[pick(all_caps.size())]});
+        note("key ", keys.back().name, ": ", cap_name(keys.back().cap));
+    }
+    std::vector<Sent> sent;
+    const char* verbs[] = {"ok", "ok", "ok", "ok", "fail", "throw", "hang", "half", "long"};
+    const std::uint64_t steps = 60 + pick(60);
+    const std::uint64_t stop_at = pick(4) == 0 ? pick(steps) : steps;
+    for (std::uint64_t step = 0; step < steps && source.more(); ++step) {
+        INFO("seed " << seed << " step " << step);
+        if (step == stop_at) {
+            const auto grace = pick(2) == 0 ? 0ms : 50ms;
+            note("step ", step, ": stop(", grace.count(), " ms)");
+            rig.stop(grace);
+        }
+        const auto op = pick(100);
+        auto& key = keys[pick(keys.size())];
+        if (op < 10) { // register (again: refused) or spawn a worker directly
+            if (pick(3) != 0) {
+                const ModelOptions model{
+                    .per_worker_mb = 1 + pick(3), .min_workers = pick(2), .max_workers = 1 + pick(3)};
+                note("step ", step, ": register ", key.name, " (", model.per_worker_mb, " MB, min ",
+                     model.min_workers, ", max ", model.max_workers, ")");
+                if (key.spawned_directly && !options.register_after_direct_spawn) {
+                    note("  skipped: workers were spawned on ", key.name, " directly (known defect)");
+                } else {
+                    auto registered = register_chaos(rig.pool(), key.cap, key.name, rig.faults, model);
+                    if (!registered) {
+                        const auto code = registered.error().code();
+                        CHECK((code == errc::invalid_argument || code == errc::shutting_down));
+                        CHECK(registered.error().message().find(key.name) != std::string::npos);
+                    }
+                    key.registered = key.registered || registered.has_value();
+                }
+            } else if (key.cap == Cap::text_embedding && !key.registered) {
+                note("step ", step, ": spawn a worker of ", key.name);
+                auto guard = rig.pool().governor().try_allocate(1, key.name);
+                if (guard) {
+                    auto id = rig.pool().spawn_text_embedding_worker(key.name, chaos_loader(rig.faults), 1,
+                                                                     std::move(*guard));
+                    if (!id) {
+                        CHECK(id.error().code() == errc::shutting_down);
+                    }
+                    key.spawned_directly = key.spawned_directly || id.has_value();
+                }
+            }
+        } else if (op < 55) { // a request
+            const std::string_view verb = verbs[pick(std::size(verbs))];
+            SendOptions options;
+            options.cancellable = !is_stream(key.cap) && pick(3) == 0;
+            if (is_stream(key.cap) && (pick(4) == 0 || verb == "long")) {
+                options.abandon_after = 1 + pick(3); // the consumer abandons the stream
+            }
+            if (pick(4) == 0) {
+                options.request = RequestOptions{.timeout = std::chrono::milliseconds(500 + pick(8000))};
+            }
+            sent.push_back(rig.send(key.cap, key.name, verb, options));
+            note("step ", step, ": request ", sent.back().entry->id, " to ", key.name, " '", verb, "'",
+                 options.cancellable ? ", cancellable" : "",
+                 options.abandon_after != static_cast<std::size_t>(-1)
+                     ? ", abandoned after " + std::to_string(options.abandon_after) + " chunks"
+                     : "",
+                 options.request ? ", timeout " + std::to_string(options.request->timeout->count()) + " ms"
+                                 : "");
+            ++stats.requests;
+        } else if (op < 63) { // cancel a pending unary request / abandon a stream
+            auto pending = rig.ledger.pending();
+            if (!pending.empty()) {
+                auto* e = pending[pick(pending.size())];
+                note("step ", step, ": cancel request ", e->id);
+                if (e->signal) {
+                    cancel(rig, e);
+                }
+                for (auto& s : sent) {
+                    if (s.entry == e && s.abandon) {
+                        asio::post(rig.pool().get_executor(), s.abandon);
+                    }
+                }
+            }
+        } else if (op < 80) { // time passes; maintenance runs
+            const auto by = std::chrono::milliseconds(pick(3000));
+            note("step ", step, ": advance the clock ", by.count(), " ms, maintain()");
+            rig.manual->advance(by);
+            rig.pool().maintain();
+        } else if (op < 85) {
+            const auto count = pick(4);
+            note("step ", step, ": ensure_workers(", key.name, ", ", count, ")");
+            if (auto ensured = rig.pool().ensure_workers(key.name, count); !ensured) {
+                const auto code = ensured.error().code();
+                CHECK((code == errc::invalid_argument || code == errc::shutting_down ||
+                       code == errc::memory_exhausted));
+            }
+        } else if (op < 95) { // fault toggles
+            ++stats.faults;
+            switch (pick(4)) {
+            case 0:
+                f.fail_loads = static_cast<int>(pick(4));
+                note("step ", step, ": the next ", f.fail_loads.load(), " loads fail");
+                break;
+            case 1:
+                f.throw_loads = 1;
+                note("step ", step, ": the next load throws");
+                break;
+            case 2:
+                f.hang_loads = !f.hang_loads;
+                note("step ", step, ": loads hang: ", f.hang_loads.load());
+                break;
+            default:
+                f.empty_message = !f.empty_message;
+                note("step ", step, ": empty load failure messages: ", f.empty_message.load());
+                break;
+            }
+        } else {
+            note("step ", step, ": check max workers");
+            rig.settle();
+            rig.check_max_workers();
+        }
+        ++stats.steps;
+    }
+    INFO("seed " << seed << " (replay: MODELPOOL_SEED=" << seed << " modelpool_tests \"[random]\")");
+    if (!rig.stopped) {
+        note("end: faults off, 6 x (advance 5 s, maintain), check at rest, stop");
+        f.fail_loads = 0; // see the stop above
+        f.throw_loads = 0;
+        // Let hangs and loads run into their deadlines, then check the pool at rest before stopping it.
+        f.hang_loads = false;
+        for (int i = 0; i < 6; ++i) {
+            rig.manual->advance(5s);
+            rig.settle();
+            rig.pool().maintain();
+        }
+        rig.check_at_rest();
+        rig.stop(pick(2) == 0 ? 0ms : 50ms);
+    }
+    note("end: check after stop");
+    rig.check_after_stop();
+    stats.faults += static_cast<std::uint64_t>(f.injected.load());
+}
 
 } // namespace modelpool::reliability
