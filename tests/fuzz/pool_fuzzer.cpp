@@ -35,12 +35,9 @@
 // requests a cancel step chooses from, for one): libFuzzer's coverage is noisy, and a crash may need a few
 // replays.
 //
-// Known defects are steered around unless MODELPOOL_FUZZ_KNOWN_DEFECTS is set, so that fuzz.pool stays green
-// until they are fixed; tests/fuzz/known_defects/ holds a reproducer of each (fails with the variable set):
-// - register-after-direct-spawn: register_*_model accepts a key on which workers were spawned directly with
-//   spawn_*_worker, and the registered key then counts more workers than its max_workers (4, max 1):
-//       MODELPOOL_FUZZ_KNOWN_DEFECTS=1 build/clang/bin/modelpool_pool_fuzzer \
-//           tests/fuzz/known_defects/register-after-direct-spawn
+// tests/fuzz/corpus/register-after-direct-spawn is the first defect it found (register_*_model adopted
+// workers spawned directly on the key, which then exceeded its max_workers; now refused with
+// invalid_argument).
 #define MODELPOOL_RELIABILITY_ABORT_CHECKS 1
 #include "support/reliability.hpp"
 
@@ -77,7 +74,6 @@ private:
 };
 
 std::vector<std::string>* current_trace = nullptr; // the sequence being run, for the failure hook
-bool known_defects = false;                        // MODELPOOL_FUZZ_KNOWN_DEFECTS: let them happen
 
 void print_trace(const std::vector<std::string>& trace) {
     std::fprintf(stderr, "\n---- operation sequence (%zu lines) ----\n", trace.size());
@@ -90,7 +86,6 @@ void print_trace(const std::vector<std::string>& trace) {
 } // namespace
 
 extern "C" int LLVMFuzzerInitialize(int* /*argc*/, char*** /*argv*/) {
-    known_defects = std::getenv("MODELPOOL_FUZZ_KNOWN_DEFECTS") != nullptr;
     modelpool::abort_checks::on_failure() = [] {
         if (current_trace != nullptr) {
             print_trace(*current_trace);
@@ -108,7 +103,6 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     modelpool::reliability::RandomStats stats;
     modelpool::reliability::SequenceOptions options;
     options.trace = &trace;
-    options.register_after_direct_spawn = known_defects;
     modelpool::reliability::run_sequence(/*seed=*/1, steps, stats, options);
     current_trace = nullptr;
     if (std::getenv("MODELPOOL_FUZZ_TRACE") != nullptr) {
