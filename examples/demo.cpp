@@ -1,322 +1,501 @@
-// modelpool demo: two small, honest demo models (not real neural networks) served by a modelpool::Pool.
+// modelpool main demo: five small demo models (honestly: not neural networks; see examples/models/) served by
+// one modelpool::Pool, and the whole lifecycle on one terminal.
 //
-// - "ngram-embed" (text_embedding): hashed character-trigram embeddings. Its loader reads the sentence corpus
-//   without blocking the io_context (the file read is offloaded to the blocking executor) and builds the
-//   model.
-// - "bigram-gen" (text_to_text): a word-bigram generator trained on the same corpus, streaming words.
-// - "broken" (text_embedding): a loader that fails, to show how waiting requests learn of it at once.
-//
-// The models are registered, so the pool manages their workers: the burst of first requests cold-starts two
-// embedding workers (0 -> 2, exactly two loads), a failing model is retried once and its request learns of
-// the failure, the demo runs a nearest-sentence search and streams generated text, then idle workers are
-// evicted (scale to zero) and the pool's counters are printed. `--smoke` keeps it short for CI; `--metrics`
-// prints the Prometheus text; Ctrl+C stops gracefully.
-#include <modelpool/modelpool.hpp>
-#include <modelpool/signals.hpp>
+//   1. Weight files are generated into the cache directory on first run and served by a loopback HTTP server
+//      (Boost.Beast) that the demo starts on 127.0.0.1; every loader fetches its weights over HTTP with
+//      non-blocking sockets on the pool's only io thread.
+//   2. Cold start: a burst of concurrent requests to all five models starts exactly two workers per model
+//      (0 -> 2), shown live (a repainted board on a terminal, change lines otherwise).
+//   3. A nearest-sentence search over the fables, and a generated fable streamed to the terminal word by
+//   word.
+//   4. Scaling under load: concurrent clients keep the image generator busy for --duration seconds; its
+//      workers scale up to their maximum, one at a time.
+//   5. A model whose weights are missing: its load fails, is retried once, and its request ends cleanly with
+//      spawn_failed naming the cause.
+//   6. Idle eviction: after a short cooldown the idle workers are evicted and their memory returns to 0.
+//   7. A table of requests, latency percentiles, workers spawned/evicted and peak memory; the Prometheus
+//   text.
+// Ctrl+C stops gracefully (twice: at once). `--smoke` runs a short version that checks its own results.
+#include "models/aesop_text.hpp"
+#include "models/color_histogram_embedder.hpp"
+#include "models/image.hpp"
+#include "models/ngram_embedder.hpp"
+#include "models/ngram_generator.hpp"
+#include "models/procedural_painter.hpp"
+#include "models/shape_describer.hpp"
+#include "support/example_main.hpp"
+#include "support/status_board.hpp"
+#include "support/weight_store.hpp"
 
-#include <spdlog/sinks/stdout_color_sinks.h>
-#include <spdlog/spdlog.h>
+#include <modelpool/signals.hpp>
 
 #include <boost/asio/deferred.hpp>
 #include <boost/asio/experimental/parallel_group.hpp>
-#include <boost/asio/use_future.hpp>
 
 #include <algorithm>
-#include <cmath>
+#include <atomic>
+#include <chrono>
 #include <cstdio>
-#include <filesystem>
-#include <fstream>
-#include <iostream>
-#include <iterator>
 #include <map>
-#include <numeric>
-#include <sstream>
+#include <mutex>
 #include <string>
 #include <vector>
 
-namespace asio = modelpool::asio;
-using modelpool::Embedding;
-using modelpool::result;
-
 namespace {
 
-constexpr std::string_view corpus_text = R"(the pool keeps models loaded in worker coroutines
-a worker loads its model without blocking the event loop
-requests wait in one bounded queue per model key
-idle workers take the next request from the queue
-the memory governor refuses a worker that does not fit
-a failed load reaches every waiting request at once
-streams carry generated text back to the caller chunk by chunk
-a slow reader slows the model down through backpressure
-the blocking executor runs blocking model calls on other threads
-every request ends exactly once with its result or an error)";
+namespace asio = modelpool::asio;
+using namespace std::chrono_literals;
+using clock_type = std::chrono::steady_clock;
 
-/// Writes the corpus to the demo's cache directory on first run and returns its path.
-std::filesystem::path ensure_corpus(std::filesystem::path dir) {
-    std::filesystem::create_directories(dir);
-    auto path = dir / "corpus.txt";
-    if (!std::filesystem::exists(path)) {
-        std::ofstream(path) << corpus_text << '\n';
-    }
-    return path;
-}
+// The model keys, in the order the board shows them.
+constexpr std::string_view sentences = "sentences"; // text_embedding: NgramEmbedder
+constexpr std::string_view fables = "fables";       // text_to_text: NgramGenerator
+constexpr std::string_view colors = "colors";       // image_embedding: ColorHistogramEmbedder
+constexpr std::string_view describer = "describer"; // vision: ShapeDescriber
+constexpr std::string_view painter = "painter";     // text_to_image: ProceduralPainter
+constexpr std::string_view broken = "broken";       // vision, whose weight file does not exist
 
-std::vector<std::string> read_lines(const std::filesystem::path& path) {
-    std::ifstream in(path);
-    std::vector<std::string> lines;
-    for (std::string line; std::getline(in, line);) {
-        if (!line.empty()) {
-            lines.push_back(line);
+/// What the demo's clients saw, per key: every request's latency and how it ended. Thread-safe.
+class Tally {
+public:
+    void record(std::string_view key, clock_type::duration latency, const modelpool::PoolError* error) {
+        std::lock_guard lock(mutex_);
+        auto& row = rows_[std::string(key)];
+        row.latencies_ms.push_back(std::chrono::duration<double, std::milli>(latency).count());
+        if (error != nullptr) {
+            ++row.errors[std::string(modelpool::to_string(error->code()))];
         }
     }
-    return lines;
-}
 
-/// Hashed character-trigram embeddings, L2-normalised. Blocking (CPU) operations: the pool runs them on its
-/// blocking executor.
-struct NgramEmbedder {
-    std::size_t dimensions = 64;
+    struct Row {
+        std::vector<double> latencies_ms;
+        std::map<std::string, std::size_t> errors; // by errc name
+    };
 
-    result<Embedding> embed(const std::string& text, const std::optional<std::string>& /*task*/) const {
-        Embedding v(dimensions, 0.0f);
-        std::string padded = "  " + text + "  ";
-        for (std::size_t i = 0; i + 3 <= padded.size(); ++i) {
-            v[std::hash<std::string_view>{}(std::string_view(padded).substr(i, 3)) % dimensions] += 1.0f;
-        }
-        float norm = std::sqrt(std::inner_product(v.begin(), v.end(), v.begin(), 0.0f));
-        for (auto& x : v) {
-            x /= norm > 0 ? norm : 1.0f;
-        }
-        return v;
+    std::map<std::string, Row> rows() const {
+        std::lock_guard lock(mutex_);
+        return rows_;
     }
 
-    result<std::vector<Embedding>> batch_embed(const std::vector<std::string>& texts,
-                                               const std::optional<std::string>& task) const {
-        std::vector<Embedding> out;
-        for (const auto& text : texts) {
-            out.push_back(*embed(text, task));
-        }
-        return out;
-    }
+private:
+    mutable std::mutex mutex_;
+    std::map<std::string, Row> rows_;
 };
 
-/// A word-bigram generator; its `prompt` is a coroutine that streams one word per chunk.
-struct BigramGenerator {
-    std::map<std::string, std::vector<std::string>> next;
-
-    asio::awaitable<result<void>> prompt(const std::string& prompt, const modelpool::GenerationParams& params,
-                                         modelpool::ChunkSink<modelpool::CompletionChunk>& sink) {
-        std::string word = prompt;
-        std::uint64_t state = params.seed.value_or(7);
-        std::size_t produced = 0;
-        for (; produced < params.max_tokens; ++produced) {
-            auto it = next.find(word);
-            if (it == next.end() || it->second.empty()) {
-                break;
-            }
-            state = state * 6364136223846793005ULL + 1442695040888963407ULL;
-            word = it->second[(state >> 33) % it->second.size()];
-            modelpool::TextChunk chunk{" " + word}; // named: see ChunkSink::send's note on g++ 12
-            if (!co_await sink.send(chunk)) {
-                co_return modelpool::fail(modelpool::errc::cancelled, "reader left");
-            }
-        }
-        modelpool::CompletionStats stats{.finish_reason = produced == params.max_tokens ? "length" : "stop",
-                                         .token_count = produced};
-        co_await sink.send(std::move(stats));
-        co_return result<void>{};
+/// Worker events per key (spawned, loaded, failed, evicted), from the pool's `on_worker_event` hook.
+class WorkerCounts {
+public:
+    void on_event(const modelpool::WorkerEvent& event) {
+        std::lock_guard lock(mutex_);
+        ++counts_[std::string(event.key)][static_cast<std::size_t>(event.kind)];
     }
+    std::size_t count(std::string_view key, modelpool::WorkerEventKind kind) const {
+        std::lock_guard lock(mutex_);
+        auto it = counts_.find(std::string(key));
+        return it == counts_.end() ? 0 : it->second[static_cast<std::size_t>(kind)];
+    }
+
+private:
+    mutable std::mutex mutex_;
+    std::map<std::string, std::array<std::size_t, 8>> counts_;
 };
 
-float cosine(const Embedding& a, const Embedding& b) {
-    return std::inner_product(a.begin(), a.end(), b.begin(), 0.0f);
+struct DemoOptions {
+    double duration_s = 5.0; ///< --duration: how long the load phase lasts.
+};
+
+/// Everything the phases share.
+struct Demo {
+    modelpool::Pool& pool;
+    const demo::ExampleOptions& options;
+    const DemoOptions& demo_options;
+    demo::Checks& checks;
+    demo::WeightServer& server;
+    const std::vector<std::string>& corpus; // the fables' sentences
+    std::vector<std::string> images;        // generated test images (paths)
+    Tally tally;
+    WorkerCounts& workers;
+
+    bool interrupted() const { return pool.stopping(); }
+};
+
+/// Reads a stream to its end; returns its first error, if any.
+template <class Stream> asio::awaitable<modelpool::result<std::size_t>> drain(Stream& stream) {
+    std::size_t chunks = 0;
+    for (;;) {
+        auto chunk = co_await stream.async_next();
+        if (!chunk) {
+            co_return modelpool::unexpected<modelpool::PoolError>(chunk.error());
+        }
+        if (!*chunk) {
+            co_return chunks;
+        }
+        ++chunks;
+    }
 }
 
-asio::awaitable<int> run_demo(modelpool::Pool& pool, bool smoke, std::filesystem::path cache_dir) {
-    const auto corpus_path = ensure_corpus(std::move(cache_dir));
-    auto& log = pool.logger();
-
-    // Cold start: two embedding workers. The loader co_awaits a file read offloaded to the blocking executor.
-    auto embed_loader = [&pool, corpus_path]() -> asio::awaitable<result<NgramEmbedder>> {
-        // Named, not a temporary in the co_await operand: g++ 12 miscompiles class temporaries there.
-        auto read_corpus = [corpus_path] { return read_lines(corpus_path); };
-        auto lines = co_await modelpool::offload(pool.blocking_executor(), read_corpus);
-        if (lines.empty()) {
-            co_return modelpool::fail(modelpool::errc::spawn_failed, "corpus {} is empty",
-                                      corpus_path.string());
+/// One request to `key` (whichever capability it serves), number `i` of a burst.
+asio::awaitable<modelpool::result<std::size_t>> one_request(Demo& d, std::string_view key, std::size_t i) {
+    auto& pool = d.pool;
+    if (key == sentences) {
+        auto vector = co_await pool.embed(key, d.corpus[i % d.corpus.size()]);
+        co_return vector ? modelpool::result<std::size_t>(vector->size())
+                         : modelpool::unexpected<modelpool::PoolError>(vector.error());
+    }
+    if (key == colors) {
+        auto vector = co_await pool.embed_image(key, d.images[i % d.images.size()]);
+        co_return vector ? modelpool::result<std::size_t>(vector->size())
+                         : modelpool::unexpected<modelpool::PoolError>(vector.error());
+    }
+    if (key == fables) {
+        modelpool::GenerationParams params{.max_tokens = 8, .seed = i};
+        const std::string prompt = "The Fox"; // named: g++ 12 and temporaries in co_await operands (README)
+        auto stream = co_await pool.prompt(key, prompt, params);
+        if (!stream) {
+            co_return modelpool::unexpected<modelpool::PoolError>(stream.error());
         }
-        co_return NgramEmbedder{};
-    };
-    // Registered models: the pool starts workers when requests need them and evicts them when idle.
-    if (auto registered =
-            pool.register_text_embedding_model("ngram-embed", embed_loader, {.per_worker_mb = 128});
-        !registered) {
-        log.error("{}", registered.error());
-        co_return 1;
+        co_return co_await drain(*stream);
     }
-
-    auto gen_loader = [&pool, corpus_path]() -> asio::awaitable<result<BigramGenerator>> {
-        auto read_corpus = [corpus_path] { return read_lines(corpus_path); };
-        auto lines = co_await modelpool::offload(pool.blocking_executor(), read_corpus);
-        BigramGenerator model;
-        for (const auto& line : lines) {
-            std::istringstream words(line);
-            std::vector<std::string> tokens{std::istream_iterator<std::string>(words), {}};
-            for (std::size_t i = 0; i + 1 < tokens.size(); ++i) {
-                model.next[tokens[i]].push_back(tokens[i + 1]);
-            }
+    if (key == describer || key == broken) {
+        const std::string query = "colours";
+        auto stream = co_await pool.describe_image(key, d.images[i % d.images.size()], query);
+        if (!stream) {
+            co_return modelpool::unexpected<modelpool::PoolError>(stream.error());
         }
-        co_return model;
-    };
-    // min_workers = 1: loaded now, and never evicted.
-    (void)pool.register_text_to_text_model("bigram-gen", gen_loader, {.per_worker_mb = 64, .min_workers = 1});
-
-    // A model whose loads fail: retried once after a short backoff, then its waiting request learns at once.
-    (void)pool.register_text_embedding_model(
-        "broken",
-        []() -> asio::awaitable<result<NgramEmbedder>> {
-            co_return modelpool::fail(modelpool::errc::spawn_failed, "weights file 'broken.bin' not found");
-        },
-        {.per_worker_mb = 256});
-    auto broken = co_await pool.embed("broken", "hello");
-    log.info("request to 'broken' ended with: {}",
-             broken ? std::string("a result?!") : broken.error().to_string());
-
-    // A burst of concurrent first requests for "ngram-embed": one cold start of two workers (exactly two
-    // loads, however many requests arrive at once), then the burst is spread over them. Deferred operations
-    // launched together and awaited as a group (never a blocking future.get() on the pool's own thread).
-    const auto sentences = read_lines(corpus_path);
-    const std::size_t burst = smoke ? 32 : 512;
-    using embed_op = decltype(pool.embed("ngram-embed", std::string(), asio::deferred));
-    std::vector<embed_op> ops;
-    for (std::size_t i = 0; i < burst; ++i) {
-        ops.push_back(pool.embed("ngram-embed", sentences[i % sentences.size()], asio::deferred));
+        co_return co_await drain(*stream);
     }
-    auto [order, replies] = // order: completion order, unused here
-        co_await asio::experimental::make_parallel_group(std::move(ops))
-            .async_wait(asio::experimental::wait_for_all(), asio::use_awaitable);
-    const auto ok = static_cast<std::size_t>(
-        std::count_if(replies.begin(), replies.end(), [](const auto& r) { return r.has_value(); }));
-    auto corpus = co_await pool.batch_embed("ngram-embed", sentences);
-    if (!corpus) {
-        log.error("batch_embed failed: {}", corpus.error());
-        co_return 1;
+    // Small images in the cold-start burst; bigger ones (more work per request) under load.
+    const std::uint32_t side = i >= 1000 && !d.options.smoke ? 256 : 64;
+    modelpool::ImageConfig config{.width = side, .height = side, .steps = 4, .seed = i};
+    const std::string prompt = "a red disc on a blue background";
+    auto stream = co_await pool.generate_image(key, prompt, config);
+    if (!stream) {
+        co_return modelpool::unexpected<modelpool::PoolError>(stream.error());
     }
-    const std::string query = "how do waiting requests learn that a model failed to load";
-    auto q = co_await pool.embed("ngram-embed", query);
-    if (!q) {
-        log.error("embed failed: {}", q.error());
-        co_return 1;
+    co_return co_await drain(*stream);
+}
+
+/// `one_request`, timed and tallied. (A function, not a capturing lambda: a lambda coroutine's captures die
+/// with the lambda, before a deferred coroutine even starts.)
+asio::awaitable<void> timed_request(Demo& d, std::string_view key, std::size_t i) {
+    const auto start = clock_type::now();
+    auto outcome = co_await one_request(d, key, i);
+    d.tally.record(key, clock_type::now() - start, outcome ? nullptr : &outcome.error());
+}
+
+/// Runs `count` requests per key, all at once, and waits for all of them.
+asio::awaitable<void> burst(Demo& d, const std::vector<std::string_view>& keys, std::size_t count) {
+    auto executor = co_await asio::this_coro::executor;
+    using op_type = decltype(asio::co_spawn(executor, std::declval<asio::awaitable<void>>(), asio::deferred));
+    std::vector<op_type> ops;
+    for (std::size_t i = 0; i < count; ++i) {
+        for (auto key : keys) {
+            ops.push_back(asio::co_spawn(executor, timed_request(d, key, i), asio::deferred));
+        }
+    }
+    co_await asio::experimental::make_parallel_group(std::move(ops))
+        .async_wait(asio::experimental::wait_for_all(), asio::use_awaitable);
+}
+
+/// Sleeps on the pool's clock-free steady timer (the demo's pacing, not synchronisation).
+asio::awaitable<void> pause(clock_type::duration how_long) {
+    asio::steady_timer timer(co_await asio::this_coro::executor, how_long);
+    co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
+}
+
+asio::awaitable<void> phase_cold_start(Demo& d, demo::StatusBoard& board) {
+    const std::size_t per_key = d.options.smoke ? 8 : 64;
+    board.say(fmt::format(
+        "\n== 1. cold start: {} concurrent requests to each of 5 models (0 -> 2 workers each)", per_key));
+    co_await burst(d, {sentences, fables, colors, describer, painter}, per_key);
+    for (auto key : {sentences, fables, colors, describer, painter}) {
+        auto loads = d.workers.count(key, modelpool::WorkerEventKind::spawned);
+        // Exactly two (no over-spawning however many requests arrive at once); the painter may already scale
+        // up.
+        const bool ok = key == painter ? loads >= 2 : loads == 2;
+        d.checks.check(d.interrupted() || ok, "{}: the burst started {} workers, expected 2", key, loads);
+    }
+}
+
+asio::awaitable<void> phase_search_and_stream(Demo& d) {
+    std::printf("\n== 2. nearest-sentence search over %zu sentences of Aesop's fables\n", d.corpus.size());
+    const std::string query = "slow and steady wins the race";
+    auto corpus = co_await d.pool.batch_embed(sentences, d.corpus);
+    auto q = co_await d.pool.embed(sentences, query);
+    if (!corpus || !q) {
+        d.checks.check(d.interrupted(), "search failed: {}", !corpus ? corpus.error() : q.error());
+        co_return;
     }
     std::size_t best = 0;
     for (std::size_t i = 1; i < corpus->size(); ++i) {
-        if (cosine(*q, (*corpus)[i]) > cosine(*q, (*corpus)[best])) {
+        if (demo::cosine_similarity(*q, (*corpus)[i]) > demo::cosine_similarity(*q, (*corpus)[best])) {
             best = i;
         }
     }
-    std::printf("query:   %s\nnearest: %s (cosine %.3f)\n", query.c_str(), sentences[best].c_str(),
-                cosine(*q, (*corpus)[best]));
+    std::printf("query:   %s\nnearest: %s (cosine %.3f)\n", query.c_str(), d.corpus[best].c_str(),
+                demo::cosine_similarity(*q, (*corpus)[best]));
+    d.checks.check(d.corpus[best].find("steady") != std::string::npos,
+                   "the nearest sentence to '{}' is '{}', expected the tortoise's moral", query,
+                   d.corpus[best]);
 
-    // Streamed generation.
-    modelpool::GenerationParams params{.max_tokens = smoke ? 8u : 24u, .seed = 42};
-    auto stream = co_await pool.prompt("bigram-gen", "the", params);
+    std::printf("\n== 3. a fable generated word by word (text_to_text stream)\n");
+    modelpool::GenerationParams params{.max_tokens = d.options.smoke ? 16u : 80u, .seed = 2026};
+    const std::string prompt = "The Lion";
+    auto stream = co_await d.pool.prompt(fables, prompt, params);
     if (!stream) {
-        log.error("prompt failed: {}", stream.error());
-        co_return 1;
+        d.checks.check(d.interrupted(), "prompt failed: {}", stream.error());
+        co_return;
     }
-    std::printf("generated: the");
+    std::printf("The Lion");
+    std::size_t words = 0;
     for (;;) {
         auto chunk = co_await stream->async_next();
-        if (!chunk) {
-            std::printf("\n[stream error: %s]\n", chunk.error().to_string().c_str());
-            break;
-        }
-        if (!*chunk) {
+        if (!chunk || !*chunk) {
+            d.checks.check(chunk.has_value() || d.interrupted(), "the stream failed: {}",
+                           chunk ? std::string() : chunk.error().to_string());
             break;
         }
         if (auto* text = std::get_if<modelpool::TextChunk>(&**chunk)) {
+            ++words;
             std::printf("%s", text->text.c_str());
             std::fflush(stdout);
         } else if (auto* stats = std::get_if<modelpool::CompletionStats>(&**chunk)) {
-            std::printf("\n[%zu words, finish: %s]\n", stats->token_count, stats->finish_reason.c_str());
+            std::printf("\n[%zu tokens, finish: %s]\n", stats->token_count, stats->finish_reason.c_str());
         }
     }
+    d.checks.check(d.interrupted() || words > 0, "the generated fable has no words");
+}
 
-    std::printf("burst: %zu of %zu embed requests succeeded; ngram-embed loaded %zu workers\n", ok, burst,
-                pool.snapshot("ngram-embed")->serving());
+/// A client of the load phase: image requests one after another until `until` (at least two, so the queue
+/// builds up even on a fast machine).
+asio::awaitable<void> load_client(Demo& d, std::size_t client, clock_type::time_point until) {
+    for (std::size_t i = 0; !d.interrupted() && (i < 2 || clock_type::now() < until); ++i) {
+        co_await timed_request(d, painter, 1000 * client + i);
+    }
+}
 
-    // Idle eviction: with nothing to do, ngram-embed scales to zero and releases its memory; bigram-gen keeps
-    // its minimum worker.
-    const auto idle_wait = 3 * pool.options().idle_timeout;
-    asio::steady_timer idle(co_await asio::this_coro::executor, idle_wait);
-    co_await idle.async_wait(asio::use_awaitable);
-    std::printf(
-        "after %lld ms idle: ngram-embed %zu workers (%llu evicted), bigram-gen %zu worker, %zu MB held\n",
-        static_cast<long long>(idle_wait.count()), pool.snapshot("ngram-embed")->serving(),
-        static_cast<unsigned long long>(pool.metrics().workers_evicted),
-        pool.snapshot("bigram-gen")->serving(), pool.governor().allocated_mb());
-    co_return ok == burst ? 0 : 1;
+asio::awaitable<void> phase_scaling(Demo& d, demo::StatusBoard& board) {
+    const auto duration = std::chrono::duration_cast<clock_type::duration>(
+        std::chrono::duration<double>(d.options.smoke ? 0.5 : d.demo_options.duration_s));
+    const std::size_t clients = 12;
+    board.say(fmt::format("\n== 4. scaling under load: {} clients generate images for {:.1f} s "
+                          "(painter: 2 workers, up to {})",
+                          clients, std::chrono::duration<double>(duration).count(),
+                          d.pool.snapshot(painter)->max_workers));
+    const auto until = clock_type::now() + duration;
+    auto executor = co_await asio::this_coro::executor;
+    using op_type = decltype(asio::co_spawn(executor, std::declval<asio::awaitable<void>>(), asio::deferred));
+    std::vector<op_type> ops;
+    for (std::size_t c = 0; c < clients; ++c) {
+        ops.push_back(asio::co_spawn(executor, load_client(d, c, until), asio::deferred));
+    }
+    co_await asio::experimental::make_parallel_group(std::move(ops))
+        .async_wait(asio::experimental::wait_for_all(), asio::use_awaitable);
+    const auto spawned = d.workers.count(painter, modelpool::WorkerEventKind::spawned);
+    d.checks.check(d.interrupted() || spawned > 2,
+                   "painter: {} workers spawned under load, expected more than 2", spawned);
+}
+
+asio::awaitable<void> phase_load_failure(Demo& d, demo::StatusBoard& board) {
+    board.say("\n== 5. a model whose weight file is missing (HTTP 404): its load is retried once");
+    const auto start = clock_type::now();
+    auto outcome = co_await one_request(d, broken, 0);
+    d.tally.record(broken, clock_type::now() - start, outcome ? nullptr : &outcome.error());
+    board.say(fmt::format("request to '{}' ended with: {}", broken,
+                          outcome ? std::string("a result?!") : outcome.error().to_string()));
+    d.checks.check(d.interrupted() || (!outcome && outcome.error().code() == modelpool::errc::spawn_failed),
+                   "the request to '{}' should end with spawn_failed", broken);
+}
+
+asio::awaitable<void> phase_eviction(Demo& d, demo::StatusBoard& board) {
+    const auto idle = d.pool.options().idle_timeout;
+    board.say(fmt::format("\n== 6. idle eviction: workers idle for {} ms are evicted, one per model per tick",
+                          idle.count()));
+    const auto deadline = clock_type::now() + 10 * idle + 5s;
+    while (!d.interrupted() && d.pool.governor().allocated_mb() > 0 && clock_type::now() < deadline) {
+        co_await pause(50ms);
+    }
+    d.checks.check(d.interrupted() || d.pool.governor().allocated_mb() == 0,
+                   "{} MB still allocated after the cooldown", d.pool.governor().allocated_mb());
+}
+
+std::shared_ptr<demo::StatusBoard> start_board(Demo& d) {
+    auto board = std::make_shared<demo::StatusBoard>(
+        d.pool, std::vector<std::string>{std::string(sentences), std::string(fables), std::string(colors),
+                                         std::string(describer), std::string(painter), std::string(broken)});
+    asio::co_spawn(d.pool.get_executor(), board->run(), asio::detached);
+    return board;
+}
+
+asio::awaitable<void> run_demo(Demo& d) {
+    auto board = start_board(d);
+    co_await phase_cold_start(d, *board);
+    board->stop(); // the text phases print to the terminal themselves
+    if (!d.interrupted()) {
+        co_await phase_search_and_stream(d);
+    }
+    for (auto phase : {phase_scaling, phase_load_failure, phase_eviction}) {
+        if (d.interrupted()) {
+            break;
+        }
+        board = start_board(d);
+        co_await phase(d, *board);
+        board->stop();
+    }
+}
+
+double percentile(std::vector<double> values, double q) {
+    if (values.empty()) {
+        return 0.0;
+    }
+    std::sort(values.begin(), values.end());
+    return values[static_cast<std::size_t>(q * static_cast<double>(values.size() - 1) + 0.5)];
+}
+
+void print_table(const Demo& d) {
+    std::printf("\n== 7. summary\n%-10s %8s %8s %9s %9s %9s %8s %8s  %s\n", "model", "requests", "ok",
+                "p50 ms", "p99 ms", "max ms", "spawned", "evicted", "errors");
+    for (const auto& [key, row] : d.tally.rows()) {
+        std::size_t errors = 0;
+        std::string by_code;
+        for (const auto& [code, n] : row.errors) {
+            errors += n;
+            by_code += fmt::format("{}{} {}", by_code.empty() ? "" : ", ", n, code);
+        }
+        std::printf("%-10s %8zu %8zu %9.2f %9.2f %9.2f %8zu %8zu  %s\n", key.c_str(), row.latencies_ms.size(),
+                    row.latencies_ms.size() - errors, percentile(row.latencies_ms, 0.5),
+                    percentile(row.latencies_ms, 0.99), percentile(row.latencies_ms, 1.0),
+                    d.workers.count(key, modelpool::WorkerEventKind::spawned),
+                    d.workers.count(key, modelpool::WorkerEventKind::evicted), by_code.c_str());
+    }
+    const auto memory = d.pool.governor().snapshot();
+    std::printf("memory: peak %zu of %zu MB, %zu MB now; weight server: %zu requests, %zu bytes\n",
+                memory.peak_mb, memory.limit_mb, memory.allocated_mb, d.server.requests_served(),
+                d.server.bytes_served());
+}
+
+/// Generates the demo's weight files and test images (first run only; blocking file I/O on main's thread).
+struct Files {
+    std::vector<std::string> corpus;
+    std::vector<std::string> images;
+};
+
+Files prepare_files(const demo::WeightStore& store) {
+    Files files;
+    demo::ensure_ngram_weights(store);
+    const auto text = store.contents(demo::ensure_aesop_text(store).filename().string());
+    files.corpus = demo::fable_sentences(*text);
+    store.ensure("histogram-weights.txt", [] { return demo::ColorHistogramEmbedder::generate_weights(); });
+    store.ensure("color-names.txt", [] { return demo::ShapeDescriber::generate_weights(); });
+    store.ensure("painter-vocabulary.txt", [] { return demo::ProceduralPainter::generate_weights(); });
+    const std::vector<demo::Scene> scenes = {
+        {.shape = demo::Shape::disc, .foreground = demo::color_named("red"), .seed = 1},
+        {.shape = demo::Shape::square, .foreground = demo::color_named("blue"), .seed = 2},
+        {.shape = demo::Shape::stripes, .foreground = demo::color_named("green"), .seed = 3},
+        {.shape = demo::Shape::gradient, .foreground = demo::color_named("yellow"), .seed = 4},
+    };
+    for (std::size_t i = 0; i < scenes.size(); ++i) {
+        auto path = store.dir() / fmt::format("demo-scene-{}.png", i);
+        if (!std::filesystem::exists(path)) {
+            (void)demo::save_image(path, demo::render_scene(scenes[i], 96, 96));
+        }
+        files.images.push_back(path.string());
+    }
+    return files;
+}
+
+/// Registers the five models (and the broken one) with loaders that fetch their weights from `server`.
+void register_models(modelpool::Pool& pool, const demo::WeightServer& server, demo::Checks& checks) {
+    auto blocking = pool.blocking_executor();
+    auto image_loader = [blocking](auto tag, std::string url) {
+        using Model = typename decltype(tag)::type;
+        return [blocking, url = std::move(url)] { return Model::load(url, blocking); };
+    };
+    const modelpool::ModelOptions small{.per_worker_mb = 64, .max_workers = 2};
+    const std::vector<modelpool::result<void>> registered = {
+        pool.register_text_embedding_model(
+            sentences, demo::ngram_embedder_loader(server.url(demo::NgramEmbedder::weights_name)), small),
+        pool.register_text_to_text_model(
+            fables, demo::ngram_generator_loader(server.url(demo::aesop_text_name)), small),
+        pool.register_image_embedding_model(colors,
+                                            image_loader(std::type_identity<demo::ColorHistogramEmbedder>{},
+                                                         server.url("histogram-weights.txt")),
+                                            small),
+        pool.register_vision_model(
+            describer,
+            image_loader(std::type_identity<demo::ShapeDescriber>{}, server.url("color-names.txt")), small),
+        pool.register_text_to_image_model(
+            painter,
+            image_loader(std::type_identity<demo::ProceduralPainter>{}, server.url("painter-vocabulary.txt")),
+            {.per_worker_mb = 256, .max_workers = 4}),
+        pool.register_vision_model(
+            broken,
+            image_loader(std::type_identity<demo::ShapeDescriber>{}, server.url("no-such-weights.txt")),
+            small),
+    };
+    for (const auto& r : registered) {
+        checks.check(r.has_value(), "registering a model failed: {}",
+                     r ? std::string() : r.error().to_string());
+    }
 }
 
 } // namespace
 
 int main(int argc, char** argv) {
-    bool smoke = false;
-    bool metrics = false;
-    std::string level = "info";
-    auto cache_dir = std::filesystem::temp_directory_path() / "modelpool-demo";
-    for (int i = 1; i < argc; ++i) {
-        std::string_view arg = argv[i];
-        if (arg == "--smoke") {
-            smoke = true;
-        } else if (arg == "--metrics") {
-            metrics = true;
-        } else if (arg == "--cache-dir" && i + 1 < argc) {
-            cache_dir = argv[++i];
-        } else if (arg.starts_with("--log-level=")) {
-            level = std::string(arg.substr(12));
-        } else if (arg == "--help" || arg == "-h") {
-            std::printf("usage: modelpool_demo [--smoke] [--metrics] [--cache-dir DIR] "
-                        "[--log-level=trace|debug|info|warn|error]\n"
-                        "  --metrics   print the pool's Prometheus metrics before stopping\n");
+    DemoOptions demo_options;
+    const demo::ExtraArgument duration{
+        .name = "--duration",
+        .usage = "--duration SECONDS  how long the load phase lasts (default 5)",
+        .parse = [&](std::string_view value) {
+            demo_options.duration_s = std::strtod(std::string(value).c_str(), nullptr);
+            return demo_options.duration_s > 0 && demo_options.duration_s <= 3600;
+        }};
+    return demo::example_main(
+        argc, argv, "demo", "the whole lifecycle of five demo models", {duration},
+        [&](const demo::ExampleOptions& options, demo::Checks& checks) {
+            const demo::WeightStore store(options.cache_dir);
+            const auto files = prepare_files(store);
+
+            WorkerCounts workers;
+            // Short lifecycle delays so the demo shows them within seconds (production defaults: minutes).
+            modelpool::Pool pool(
+                {.io_threads = 1,
+                 .blocking_threads = 2,
+                 .memory_limit_mb = 2048,
+                 .logger = options.logger,
+                 .upscale_delay = 100ms,
+                 .idle_timeout = options.smoke ? 300ms : 1500ms,
+                 .maintenance_interval = 100ms,
+                 .load_retries = 1,
+                 .retry_backoff_initial = 100ms,
+                 .retry_backoff_max = 1000ms,
+                 .on_worker_event = [&](const modelpool::WorkerEvent& e) { workers.on_event(e); }});
+            demo::WeightServer server(pool.get_executor(), store);
+            modelpool::StopOnSignals on_signals(pool); // Ctrl+C: graceful stop; twice: immediate
+            register_models(pool, server, checks);
+
+            Demo d{.pool = pool,
+                   .options = options,
+                   .demo_options = demo_options,
+                   .checks = checks,
+                   .server = server,
+                   .corpus = files.corpus,
+                   .images = files.images,
+                   .workers = workers};
+            demo::run_coroutine(pool.get_executor(),
+                                run_demo(d)); // main's thread waits; no pool thread blocks
+            const bool interrupted = pool.stopping();
+            print_table(d);
+            std::printf("\n== Prometheus metrics (pool.prometheus())\n%s", pool.prometheus().c_str());
+            server.close();
+            pool.stop();
+            if (interrupted) {
+                std::printf("\nstopped by a signal: every request ended, %zu MB held\n",
+                            pool.governor().allocated_mb());
+                return 0;
+            }
+            checks.check(pool.governor().allocated_mb() == 0, "{} MB held after stop",
+                         pool.governor().allocated_mb());
             return 0;
-        } else {
-            std::fprintf(stderr, "unknown argument '%s' (try --help)\n", argv[i]);
-            return 2;
-        }
-    }
-    auto logger = std::make_shared<spdlog::logger>("modelpool",
-                                                   std::make_shared<spdlog::sinks::stderr_color_sink_mt>());
-    logger->set_level(spdlog::level::from_str(level));
-
-    // Short lifecycle delays so the demo shows them within a second (production defaults: minutes).
-    modelpool::Pool pool({.io_threads = 1,
-                          .blocking_threads = 2,
-                          .memory_limit_mb = 1024,
-                          .logger = logger,
-                          .idle_timeout = std::chrono::milliseconds(300),
-                          .maintenance_interval = std::chrono::milliseconds(100),
-                          .load_retries = 1,
-                          .retry_backoff_initial = std::chrono::milliseconds(100),
-                          .retry_backoff_max = std::chrono::milliseconds(1000)});
-    modelpool::StopOnSignals on_signals(pool); // Ctrl+C: graceful stop, twice: immediate
-    auto outcome = asio::co_spawn(pool.get_executor(), run_demo(pool, smoke, cache_dir), asio::use_future);
-    int code = outcome.get(); // the main thread waits; no pool thread ever blocks
-    if (metrics) {
-        std::printf("%s", pool.prometheus().c_str());
-    }
-    pool.stop();
-
-    auto m = pool.metrics();
-    std::printf("\nrequests %llu, succeeded %llu, errors %llu (spawn_failed %llu); workers spawned %llu, "
-                "loaded %llu, "
-                "failed %llu, stopped %llu; memory after stop %zu MB\n",
-                static_cast<unsigned long long>(m.requests), static_cast<unsigned long long>(m.succeeded),
-                static_cast<unsigned long long>(m.error_total()),
-                static_cast<unsigned long long>(m.errors_with(modelpool::errc::spawn_failed)),
-                static_cast<unsigned long long>(m.workers_spawned),
-                static_cast<unsigned long long>(m.workers_loaded),
-                static_cast<unsigned long long>(m.workers_failed),
-                static_cast<unsigned long long>(m.workers_stopped), pool.governor().allocated_mb());
-    return code;
+        });
 }

@@ -26,16 +26,19 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdio>
 #include <exception>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <string_view>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 namespace demo {
 
@@ -105,13 +108,28 @@ bool reserve_and_spawn(modelpool::Pool& pool, Checks& checks, std::string_view k
 
 /// Parses the common command line into `options`; returns -1 to go on, else the exit code (0 after --help, 2
 /// for a bad argument).
+/// A program's own `--name VALUE` argument beyond the common ones (the main demo's `--duration`).
+struct ExtraArgument {
+    std::string_view name;                       ///< e.g. "--duration".
+    std::string_view usage;                      ///< Its --help line, e.g. "--duration SECONDS  ...".
+    std::function<bool(std::string_view)> parse; ///< Takes the value; false: invalid (exit code 2).
+};
+
 inline int parse_example_args(int argc, char** argv, std::string_view name, std::string_view description,
-                              ExampleOptions& options) {
+                              ExampleOptions& options, const std::vector<ExtraArgument>& extra = {}) {
     options.cache_dir = std::filesystem::temp_directory_path() / "modelpool-demo";
     for (int i = 1; i < argc; ++i) {
         const std::string_view arg = argv[i];
         const bool has_value = i + 1 < argc;
-        if (arg == "--smoke") {
+        const auto own =
+            std::find_if(extra.begin(), extra.end(), [&](const auto& e) { return e.name == arg; });
+        if (own != extra.end() && has_value) {
+            if (!own->parse(argv[++i])) {
+                std::fprintf(stderr, "%s: invalid value '%s' for %s (try --help)\n", argv[0], argv[i],
+                             argv[i - 1]);
+                return 2;
+            }
+        } else if (arg == "--smoke") {
             options.smoke = true;
         } else if (arg == "--cache-dir" && has_value) {
             options.cache_dir = argv[++i];
@@ -126,6 +144,9 @@ inline int parse_example_args(int argc, char** argv, std::string_view name, std:
                 "  --log-level LEVEL  trace, debug, info, warn, error or off (default warn)\n",
                 static_cast<int>(name.size()), name.data(), static_cast<int>(description.size()),
                 description.data(), argv[0], options.cache_dir.string().c_str());
+            for (const auto& e : extra) {
+                std::printf("  %.*s\n", static_cast<int>(e.usage.size()), e.usage.data());
+            }
             return 0;
         } else {
             std::fprintf(stderr, "%s: unknown or incomplete argument '%s' (try --help)\n", argv[0], argv[i]);
@@ -146,9 +167,10 @@ inline int parse_example_args(int argc, char** argv, std::string_view name, std:
 /// An example's main: parses the command line, runs `body(options, checks)` (returning int or void) and
 /// returns 1 when it threw or a check failed, else what it returned (0 for void).
 template <class Body>
-int example_main(int argc, char** argv, std::string_view name, std::string_view description, Body&& body) {
+int example_main(int argc, char** argv, std::string_view name, std::string_view description,
+                 const std::vector<ExtraArgument>& extra, Body&& body) {
     ExampleOptions options;
-    if (const int code = parse_example_args(argc, argv, name, description, options); code >= 0) {
+    if (const int code = parse_example_args(argc, argv, name, description, options, extra); code >= 0) {
         return code;
     }
     Checks checks;
@@ -171,6 +193,12 @@ int example_main(int argc, char** argv, std::string_view name, std::string_view 
         std::printf("smoke checks passed\n");
     }
     return code;
+}
+
+/// `example_main` for a program with only the common arguments.
+template <class Body>
+int example_main(int argc, char** argv, std::string_view name, std::string_view description, Body&& body) {
+    return example_main(argc, argv, name, description, {}, std::forward<Body>(body));
 }
 
 } // namespace demo
