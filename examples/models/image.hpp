@@ -15,8 +15,9 @@
 // pool's blocking executor), never from an io_context thread.
 #pragma once
 
-#include <modelpool/error.hpp>
-#include <modelpool/types.hpp>
+#include "support/weight_store.hpp"
+
+#include <modelpool/modelpool.hpp>
 
 #include <algorithm>
 #include <array>
@@ -689,6 +690,56 @@ inline result<void> save_image(const std::filesystem::path& path, const Image& i
         return ok;
     }
     return write_file(path, path.extension() == ".ppm" ? encode_ppm(image) : encode_png(image));
+}
+
+// ---- coroutine patterns of the image models --------------------------------------------------------------
+
+/// The loader of an image demo model: fetches its weight file from `weights_url` (a `WeightServer`) with
+/// `http_get`, parses it with `Model::parse_weights` and builds `Model(weights, blocking)`. Never blocks.
+template <class Model>
+asio::awaitable<result<Model>> load_model(std::string weights_url, asio::any_io_executor blocking) {
+    auto text = co_await http_get(std::move(weights_url));
+    if (!text) {
+        co_return modelpool::unexpected<modelpool::PoolError>(text.error());
+    }
+    auto weights = Model::parse_weights(*text);
+    if (!weights) {
+        co_return modelpool::unexpected<modelpool::PoolError>(weights.error());
+    }
+    co_return Model(std::move(*weights), std::move(blocking));
+}
+
+/// Where an image comes from: a file (read on the blocking executor) or an http:// URL (fetched on the
+/// io_context).
+struct ImageSource {
+    std::string location;
+    bool is_url = false;
+};
+
+/// Gets the image `source` names and runs `fn(image)` (returning `result<R>`) on `blocking`; the coroutine
+/// itself only awaits, so the io_context never blocks. `fn` is copied to the blocking thread: capture by
+/// value.
+template <class Fn>
+auto with_image(asio::any_io_executor blocking, ImageSource source, Fn fn)
+    -> asio::awaitable<std::invoke_result_t<Fn&, const Image&>> {
+    std::string bytes;
+    if (source.is_url) {
+        auto fetched = co_await http_get(source.location);
+        if (!fetched) {
+            co_return modelpool::fail(modelpool::errc::invalid_argument, "cannot fetch the image: {}",
+                                      fetched.error().message());
+        }
+        bytes = std::move(*fetched);
+    }
+    auto work = [source = std::move(source), bytes = std::move(bytes),
+                 fn = std::move(fn)]() -> std::invoke_result_t<Fn&, const Image&> {
+        auto image = source.is_url ? decode_image(bytes) : load_image(source.location);
+        if (!image) {
+            return modelpool::unexpected<modelpool::PoolError>(image.error());
+        }
+        return fn(*image);
+    };
+    co_return co_await modelpool::offload(blocking, std::move(work));
 }
 
 } // namespace demo
