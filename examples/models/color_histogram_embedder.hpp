@@ -36,23 +36,24 @@
 
 namespace demo {
 
+/// The parameters of a `ColorHistogramEmbedder`, read from its weight file.
+struct HistogramWeights {
+    std::size_t bins = 4;                  ///< Colour bins per channel.
+    std::size_t orientations = 8;          ///< Edge-orientation bins over 0..180 degrees.
+    double color_weight = 1.0;             ///< Scale of the colour part.
+    double gradient_weight = 0.5;          ///< Scale of the edge part.
+    double edge_threshold = 0.04;          ///< Luminance steps below this are not edges.
+    std::array<std::uint8_t, 256> quant{}; ///< Channel value -> colour bin.
+};
+
 /// Colour-histogram + edge-orientation embeddings (a demo model; see the file comment).
-class ColorHistogramEmbedder {
+class ColorHistogramEmbedder : public ImageModel<ColorHistogramEmbedder, HistogramWeights> {
 public:
+    using ImageModel::ImageModel;
     using Embedding = modelpool::Embedding;
 
     /// The name of its weight file in a `WeightStore`.
     static constexpr std::string_view weights_file = "color_histogram_embedder.weights";
-
-    /// The parameters read from the weight file.
-    struct Weights {
-        std::size_t bins = 4;                  ///< Colour bins per channel.
-        std::size_t orientations = 8;          ///< Edge-orientation bins over 0..180 degrees.
-        double color_weight = 1.0;             ///< Scale of the colour part.
-        double gradient_weight = 0.5;          ///< Scale of the edge part.
-        double edge_threshold = 0.04;          ///< Luminance steps below this are not edges.
-        std::array<std::uint8_t, 256> quant{}; ///< Channel value -> colour bin.
-    };
 
     /// The weight file's text: deterministic, so every run generates the same bytes.
     static std::string generate_weights() {
@@ -104,17 +105,6 @@ public:
                                    w.bins);
         }
         return w;
-    }
-
-    /// A model with `weights`, offloading its coroutine operations' CPU work to `blocking` (the pool's
-    /// blocking executor).
-    ColorHistogramEmbedder(Weights weights, asio::any_io_executor blocking)
-        : weights_(std::make_shared<const Weights>(std::move(weights))), blocking_(std::move(blocking)) {}
-
-    /// The loader: fetches the weight file from `weights_url` (a `WeightServer`) and builds the model.
-    static asio::awaitable<result<ColorHistogramEmbedder>> load(std::string weights_url,
-                                                                asio::any_io_executor blocking) {
-        return load_model<ColorHistogramEmbedder>(std::move(weights_url), std::move(blocking));
     }
 
     /// Dimensions of every embedding: bins^3 + orientations.
@@ -217,9 +207,6 @@ private:
         }
         return embed(*weights_, *image);
     }
-
-    std::shared_ptr<const Weights> weights_; // shared by copies and by offloaded work
-    asio::any_io_executor blocking_;
 };
 
 } // namespace demo

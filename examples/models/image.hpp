@@ -19,6 +19,8 @@
 
 #include <modelpool/modelpool.hpp>
 
+#include <boost/asio/use_future.hpp>
+
 #include <algorithm>
 #include <array>
 #include <cctype>
@@ -28,10 +30,12 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <memory>
 #include <optional>
 #include <sstream>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 namespace demo {
@@ -694,20 +698,37 @@ inline result<void> save_image(const std::filesystem::path& path, const Image& i
 
 // ---- coroutine patterns of the image models --------------------------------------------------------------
 
-/// The loader of an image demo model: fetches its weight file from `weights_url` (a `WeightServer`) with
-/// `http_get`, parses it with `Model::parse_weights` and builds `Model(weights, blocking)`. Never blocks.
-template <class Model>
-asio::awaitable<result<Model>> load_model(std::string weights_url, asio::any_io_executor blocking) {
-    auto text = co_await http_get(std::move(weights_url));
-    if (!text) {
-        co_return modelpool::unexpected<modelpool::PoolError>(text.error());
+/// The base of the image demo models: their weights, shared by copies of the model and by work offloaded to
+/// the blocking executor (`blocking_`, the pool's), and their loader.
+template <class Derived, class W> class ImageModel {
+public:
+    using Weights = W;
+
+    /// A model with `weights`, offloading the CPU work of its coroutine operations to `blocking`.
+    ImageModel(Weights weights, asio::any_io_executor blocking)
+        : weights_(std::make_shared<const Weights>(std::move(weights))), blocking_(std::move(blocking)) {}
+
+    /// The loader: fetches the weight file from `weights_url` (a `WeightServer`) with `http_get`, parses it
+    /// with `Derived::parse_weights` and builds the model. Never blocks.
+    static asio::awaitable<result<Derived>> load(std::string weights_url, asio::any_io_executor blocking) {
+        auto text = co_await http_get(std::move(weights_url));
+        if (!text) {
+            co_return modelpool::unexpected<modelpool::PoolError>(text.error());
+        }
+        auto weights = Derived::parse_weights(*text);
+        if (!weights) {
+            co_return modelpool::unexpected<modelpool::PoolError>(weights.error());
+        }
+        co_return Derived(std::move(*weights), std::move(blocking));
     }
-    auto weights = Model::parse_weights(*text);
-    if (!weights) {
-        co_return modelpool::unexpected<modelpool::PoolError>(weights.error());
-    }
-    co_return Model(std::move(*weights), std::move(blocking));
-}
+
+    /// The model's weights.
+    const Weights& weights() const { return *weights_; }
+
+protected:
+    std::shared_ptr<const Weights> weights_;
+    asio::any_io_executor blocking_;
+};
 
 /// Where an image comes from: a file (read on the blocking executor) or an http:// URL (fetched on the
 /// io_context).
@@ -740,6 +761,39 @@ auto with_image(asio::any_io_executor blocking, ImageSource source, Fn fn)
         return fn(*image);
     };
     co_return co_await modelpool::offload(blocking, std::move(work));
+}
+
+// ---- reading a whole stream (for the examples) -----------------------------------------------------------
+
+/// Reads `stream` to its end in a coroutine: every chunk, or the error that ended it.
+template <class Chunk>
+asio::awaitable<result<std::vector<Chunk>>> collect_stream(modelpool::Stream<Chunk>& stream) {
+    std::vector<Chunk> chunks;
+    for (;;) {
+        auto next = co_await stream.async_next(asio::use_awaitable);
+        if (!next) {
+            co_return modelpool::unexpected<modelpool::PoolError>(next.error());
+        }
+        if (!*next) {
+            co_return chunks;
+        }
+        chunks.push_back(std::move(**next));
+    }
+}
+
+/// Reads `stream` to its end from a plain thread (never a pool thread), waiting on futures.
+template <class Chunk> result<std::vector<Chunk>> collect_stream_blocking(modelpool::Stream<Chunk>& stream) {
+    std::vector<Chunk> chunks;
+    for (;;) {
+        auto next = stream.async_next(asio::use_future).get();
+        if (!next) {
+            return modelpool::unexpected<modelpool::PoolError>(next.error());
+        }
+        if (!*next) {
+            return chunks;
+        }
+        chunks.push_back(std::move(**next));
+    }
 }
 
 } // namespace demo

@@ -34,13 +34,12 @@
 namespace demo {
 
 /// Names colours, shapes and layout of simple images (a demo model; see the file comment).
-class ShapeDescriber {
+class ShapeDescriber : public ImageModel<ShapeDescriber, std::vector<NamedColor>> {
 public:
+    using ImageModel::ImageModel;
+
     /// The name of its weight file in a `WeightStore`.
     static constexpr std::string_view weights_file = "shape_describer.colors";
-
-    /// The colour-name table.
-    using Weights = std::vector<NamedColor>;
 
     /// The weight file's text: the default colour table.
     static std::string generate_weights() {
@@ -62,16 +61,6 @@ public:
                                    "the weights name {} colours, need 2 or more", colors.size());
         }
         return colors;
-    }
-
-    /// A describer with `colors`, running its analysis on `blocking` (the pool's blocking executor).
-    ShapeDescriber(Weights colors, asio::any_io_executor blocking)
-        : colors_(std::make_shared<const Weights>(std::move(colors))), blocking_(std::move(blocking)) {}
-
-    /// The loader: fetches the colour table from `weights_url` (a `WeightServer`) and builds the model.
-    static asio::awaitable<result<ShapeDescriber>> load(std::string weights_url,
-                                                        asio::any_io_executor blocking) {
-        return load_model<ShapeDescriber>(std::move(weights_url), std::move(blocking));
     }
 
     /// The description of `image` for `query` (pure computation; see the file comment).
@@ -271,10 +260,11 @@ private:
 
     asio::awaitable<result<void>> describe_source(ImageSource source, std::string query,
                                                   modelpool::ChunkSink<modelpool::TextChunk>& sink) const {
-        auto text = co_await with_image(blocking_, std::move(source),
-                                        [colors = colors_, query](const Image& image) -> result<std::string> {
-                                            return describe(*colors, image, query);
-                                        });
+        auto text =
+            co_await with_image(blocking_, std::move(source),
+                                [colors = weights_, query](const Image& image) -> result<std::string> {
+                                    return describe(*colors, image, query);
+                                });
         if (!text) {
             co_return modelpool::unexpected<modelpool::PoolError>(text.error());
         }
@@ -289,9 +279,6 @@ private:
         }
         co_return result<void>{};
     }
-
-    std::shared_ptr<const Weights> colors_; // shared by copies and by offloaded work
-    asio::any_io_executor blocking_;
 };
 
 } // namespace demo
