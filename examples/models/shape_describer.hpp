@@ -260,11 +260,13 @@ private:
 
     asio::awaitable<result<void>> describe_source(ImageSource source, std::string query,
                                                   modelpool::ChunkSink<modelpool::TextChunk>& sink) const {
-        auto text =
-            co_await with_image(blocking_, std::move(source),
-                                [colors = weights_, query](const Image& image) -> result<std::string> {
-                                    return describe(*colors, image, query);
-                                });
+        // The lambda and the awaitable are named, not temporaries in the co_await operand: g++ 12 miscompiles
+        // class temporaries holding strings there (see ChunkSink::send).
+        auto work = [colors = weights_, query](const Image& image) -> result<std::string> {
+            return describe(*colors, image, query);
+        };
+        auto described = with_image(blocking_, std::move(source), std::move(work));
+        auto text = co_await std::move(described);
         if (!text) {
             co_return modelpool::unexpected<modelpool::PoolError>(text.error());
         }
