@@ -128,10 +128,8 @@ int run(const demo::ExampleOptions& options, demo::Checks& checks) {
     auto guard = pool.governor().try_allocate(16, std::string(key));
     auto spawned = pool.spawn_image_embedding_worker(
         key,
-        [url = server.url(ColorHistogramEmbedder::weights_file),
-         blocking = asio::any_io_executor(pool.blocking_executor())] {
-            return ColorHistogramEmbedder::load(url, blocking);
-        },
+        ColorHistogramEmbedder::loader(server.url(ColorHistogramEmbedder::weights_file),
+                                       pool.blocking_executor()),
         16, std::move(*guard));
     checks.check(spawned.has_value(), "spawn_image_embedding_worker failed");
 

@@ -141,12 +141,8 @@ int run(const demo::ExampleOptions& options, demo::Checks& checks) {
 
     auto guard = pool.governor().try_allocate(16, std::string(key));
     auto spawned = pool.spawn_vision_worker(
-        key,
-        [url = server.url(ShapeDescriber::weights_file),
-         blocking = asio::any_io_executor(pool.blocking_executor())] {
-            return ShapeDescriber::load(url, blocking);
-        },
-        16, std::move(*guard));
+        key, ShapeDescriber::loader(server.url(ShapeDescriber::weights_file), pool.blocking_executor()), 16,
+        std::move(*guard));
     checks.check(spawned.has_value(), "spawn_vision_worker failed");
 
     // The last request fails (missing file): run it alone to see its error, the others in both styles.

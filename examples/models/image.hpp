@@ -722,6 +722,12 @@ public:
         co_return Derived(std::move(*weights), std::move(blocking));
     }
 
+    /// A model loader for `pool.spawn_*_worker` (or `register_*_model`): each call runs `load(weights_url,
+    /// blocking)`.
+    static auto loader(std::string weights_url, asio::any_io_executor blocking) {
+        return [url = std::move(weights_url), blocking = std::move(blocking)] { return load(url, blocking); };
+    }
+
     /// The model's weights.
     const Weights& weights() const { return *weights_; }
 
