@@ -376,4 +376,25 @@ inline asio::awaitable<modelpool::result<std::string>> http_get(std::string url)
     co_return std::move(response.body());
 }
 
+/// Loads a model from the file at `url`: fetches it with `http_get` (non-blocking), then builds the model
+/// with `build(bytes, url)`, which returns `modelpool::result<Model>` (CPU work only: it runs on the loader's
+/// thread).
+template <class Model, class Build>
+asio::awaitable<modelpool::result<Model>> load_from_url(std::string url, Build build) {
+    auto fetch = http_get(url); // named: g++ 12 miscompiles class temporaries in co_await operands
+    auto bytes = co_await std::move(fetch);
+    if (!bytes) {
+        co_return modelpool::unexpected<modelpool::PoolError>(bytes.error());
+    }
+    co_return build(std::string_view(*bytes), std::string_view(url));
+}
+
+/// A loader for the pool's spawn and register functions: a copyable callable returning
+/// `asio::awaitable<result<Model>>` that runs `load_from_url<Model>(url, build)`.
+template <class Model, class Build> auto url_loader(std::string url, Build build) {
+    return [url = std::move(url), build]() -> asio::awaitable<modelpool::result<Model>> {
+        return load_from_url<Model>(url, build);
+    };
+}
+
 } // namespace demo
