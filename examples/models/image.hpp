@@ -711,27 +711,30 @@ public:
     /// The loader: fetches the weight file from `weights_url` (a `WeightServer`) with `http_get`, parses it
     /// with `Derived::parse_weights` and builds the model. Never blocks.
     static asio::awaitable<result<Derived>> load(std::string weights_url, asio::any_io_executor blocking) {
-        auto text = co_await http_get(std::move(weights_url));
-        if (!text) {
-            co_return modelpool::unexpected<modelpool::PoolError>(text.error());
-        }
-        auto weights = Derived::parse_weights(*text);
-        if (!weights) {
-            co_return modelpool::unexpected<modelpool::PoolError>(weights.error());
-        }
-        co_return Derived(std::move(*weights), std::move(blocking));
+        return load_from_url<Derived>(std::move(weights_url), builder(std::move(blocking)));
     }
 
     /// A model loader for `pool.spawn_*_worker` (or `register_*_model`): each call runs `load(weights_url,
     /// blocking)`.
     static auto loader(std::string weights_url, asio::any_io_executor blocking) {
-        return [url = std::move(weights_url), blocking = std::move(blocking)] { return load(url, blocking); };
+        return url_loader<Derived>(std::move(weights_url), builder(std::move(blocking)));
     }
 
     /// The model's weights.
     const Weights& weights() const { return *weights_; }
 
 protected:
+    /// Builds the model from the bytes of its weight file.
+    static auto builder(asio::any_io_executor blocking) {
+        return [blocking](std::string_view bytes, std::string_view url) -> result<Derived> {
+            auto weights = Derived::parse_weights(bytes);
+            if (!weights) {
+                return modelpool::fail(weights.error().code(), "{}: {}", url, weights.error().message());
+            }
+            return Derived(std::move(*weights), blocking);
+        };
+    }
+
     std::shared_ptr<const Weights> weights_;
     asio::any_io_executor blocking_;
 };
@@ -751,7 +754,8 @@ auto with_image(asio::any_io_executor blocking, ImageSource source, Fn fn)
     -> asio::awaitable<std::invoke_result_t<Fn&, const Image&>> {
     std::string bytes;
     if (source.is_url) {
-        auto fetched = co_await http_get(source.location);
+        auto fetch = http_get(source.location); // named: g++ 12 miscompiles temporaries in co_await operands
+        auto fetched = co_await std::move(fetch);
         if (!fetched) {
             co_return modelpool::fail(modelpool::errc::invalid_argument, "cannot fetch the image: {}",
                                       fetched.error().message());
