@@ -9,7 +9,7 @@
 //
 // Smoke checks (`--smoke`): a red disc is nearer another red disc than blue stripes; the embeddings of a
 // file, of the same image fetched by URL and of its base64 are equal; a batch equals the single calls; both
-// calling styles agree; a missing file fails with invalid_argument.
+// calling styles agree; a missing file and a corrupted PNG (bad CRC) fail with invalid_argument.
 #include "models/color_histogram_embedder.hpp"
 #include "models/image.hpp"
 #include "support/example_main.hpp"
@@ -34,11 +34,12 @@ constexpr std::string_view key = "color-histogram";
 /// The embeddings one calling style produced: one per gallery image through each operation.
 struct Embeddings {
     std::vector<Embedding> by_path, by_url, by_base64, batch;
-    modelpool::errc missing_file = modelpool::errc::ok;
+    modelpool::errc missing_file = modelpool::errc::ok, corrupt_png = modelpool::errc::ok;
 };
 
 struct Gallery {
     std::vector<std::string> names, paths, urls, base64;
+    std::string corrupt_base64; // a PNG with one byte of its image data changed
 };
 
 /// Every operation, coroutine style.
@@ -64,6 +65,8 @@ asio::awaitable<result<Embeddings>> embed_with_coroutines(modelpool::Pool& pool,
     out.batch = std::move(*batch);
     auto missing = co_await pool.embed_image(key, "no-such-image.png", asio::use_awaitable);
     out.missing_file = missing ? modelpool::errc::ok : missing.error().code();
+    auto corrupt = co_await pool.embed_image_base64(key, gallery.corrupt_base64, asio::use_awaitable);
+    out.corrupt_png = corrupt ? modelpool::errc::ok : corrupt.error().code();
     co_return out;
 }
 
@@ -89,6 +92,8 @@ result<Embeddings> embed_with_futures(modelpool::Pool& pool, const Gallery& gall
     out.batch = std::move(*batch);
     auto missing = pool.embed_image(key, "no-such-image.png", asio::use_future).get();
     out.missing_file = missing ? modelpool::errc::ok : missing.error().code();
+    auto corrupt = pool.embed_image_base64(key, gallery.corrupt_base64, asio::use_future).get();
+    out.corrupt_png = corrupt ? modelpool::errc::ok : corrupt.error().code();
     return out;
 }
 
@@ -123,6 +128,9 @@ int run(const demo::ExampleOptions& options, demo::Checks& checks) {
         gallery.urls.push_back(server.url(file));
         gallery.base64.push_back(demo::base64_encode(png));
     }
+    auto corrupt = demo::encode_png(demo::render_scene(entries[0].scene, 96, 96));
+    corrupt[corrupt.size() / 2] ^= 0x55;
+    gallery.corrupt_base64 = demo::base64_encode(corrupt);
 
     // One worker; its loader fetches the weight file over HTTP on the pool's io_context.
     auto guard = pool.governor().try_allocate(16, std::string(key));
@@ -168,6 +176,8 @@ int run(const demo::ExampleOptions& options, demo::Checks& checks) {
         checks.check(style->batch == v, "batch_embed_images differs from the single calls");
         checks.check(style->missing_file == modelpool::errc::invalid_argument, "a missing file gave {}",
                      style->missing_file);
+        checks.check(style->corrupt_png == modelpool::errc::invalid_argument, "a corrupted PNG gave {}",
+                     style->corrupt_png);
     }
     checks.check(server.requests_served() >= 1 + 2 * v.size(), "the server saw {} requests",
                  server.requests_served());
