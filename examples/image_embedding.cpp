@@ -63,7 +63,8 @@ asio::awaitable<result<Embeddings>> embed_with_coroutines(modelpool::Pool& pool,
         co_return modelpool::unexpected<modelpool::PoolError>(batch.error());
     }
     out.batch = std::move(*batch);
-    auto missing = co_await pool.embed_image(key, "no-such-image.png", asio::use_awaitable);
+    const std::string missing_path = "no-such-image.png"; // named: see the g++ 12 note in README.md
+    auto missing = co_await pool.embed_image(key, missing_path, asio::use_awaitable);
     out.missing_file = missing ? modelpool::errc::ok : missing.error().code();
     auto corrupt = co_await pool.embed_image_base64(key, gallery.corrupt_base64, asio::use_awaitable);
     out.corrupt_png = corrupt ? modelpool::errc::ok : corrupt.error().code();

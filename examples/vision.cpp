@@ -76,7 +76,8 @@ asio::awaitable<result<std::vector<Description>>> describe_with_coroutines(model
         out.push_back(join(*chunks));
     }
     // Read one word and drop the stream: the model's next send reports false and it stops.
-    auto stream = co_await pool.describe_image(key, requests[0].image, "", asio::use_awaitable);
+    const std::string any_query; // named: see the g++ 12 note in README.md
+    auto stream = co_await pool.describe_image(key, requests[0].image, any_query, asio::use_awaitable);
     if (stream) {
         auto first = co_await stream->async_next(asio::use_awaitable);
         out.push_back({first && *first ? (*first)->text : std::string(), 1});
