@@ -86,8 +86,7 @@ asio::awaitable<Found> search(modelpool::Pool& pool, const std::vector<std::stri
     // copied into the call) inside a co_await operand.
     auto batch_request = pool.batch_embed(key, sentences); // one request for the whole corpus
     auto corpus = co_await std::move(batch_request);
-    if (!checks.check(corpus.has_value(), "batch_embed failed: {}",
-                      corpus ? "" : corpus.error().to_string())) {
+    if (!checks.ok(corpus, "batch_embed")) {
         co_return found;
     }
     found.corpus = std::move(*corpus);
@@ -96,7 +95,7 @@ asio::awaitable<Found> search(modelpool::Pool& pool, const std::vector<std::stri
     for (const auto& query : queries(smoke)) {
         auto request = pool.embed(key, query.text); // one request per query
         auto vector = co_await std::move(request);
-        if (!checks.check(vector.has_value(), "embed failed: {}", vector ? "" : vector.error().to_string())) {
+        if (!checks.ok(vector, "embed")) {
             co_return found;
         }
         const auto best = nearest(*vector, found.corpus, smoke ? 1 : 3);
@@ -136,15 +135,10 @@ int main(int argc, char** argv) {
             demo::WeightServer server(pool.get_executor(), store); // on the pool's io_context: never blocks
 
             // Spawn one worker: returns at once; the loader fetches the weights while requests queue.
-            auto guard = pool.governor().try_allocate(64, key);
-            if (!checks.check(guard.has_value(), "no memory for the worker: {}",
-                              guard ? "" : guard.error().to_string())) {
-                return;
-            }
-            auto worker = pool.spawn_text_embedding_worker(
-                key, demo::ngram_embedder_loader(server.url(weights)), 64, std::move(*guard));
-            if (!checks.check(worker.has_value(), "spawn failed: {}",
-                              worker ? "" : worker.error().to_string())) {
+            const auto loader = demo::ngram_embedder_loader(server.url(weights));
+            if (!demo::reserve_and_spawn(pool, checks, key, 64, [&](modelpool::AllocationGuard guard) {
+                    return pool.spawn_text_embedding_worker(key, loader, 64, std::move(guard));
+                })) {
                 return;
             }
 

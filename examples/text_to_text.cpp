@@ -166,14 +166,10 @@ int main(int argc, char** argv) {
             demo::WeightServer server(pool.get_executor(), store); // on the pool's io_context: never blocks
 
             // Spawn one worker: returns at once; its loader fetches the text and trains while requests queue.
-            auto guard = pool.governor().try_allocate(32, key);
-            if (!checks.check(guard.has_value(), "no memory: {}", guard ? "" : guard.error().to_string())) {
-                return;
-            }
-            auto worker = pool.spawn_text_to_text_worker(
-                key, demo::ngram_generator_loader(server.url(text_name)), 32, std::move(*guard));
-            if (!checks.check(worker.has_value(), "spawn failed: {}",
-                              worker ? "" : worker.error().to_string())) {
+            const auto loader = demo::ngram_generator_loader(server.url(text_name));
+            if (!demo::reserve_and_spawn(pool, checks, key, 32, [&](modelpool::AllocationGuard guard) {
+                    return pool.spawn_text_to_text_worker(key, loader, 32, std::move(guard));
+                })) {
                 return;
             }
 

@@ -64,6 +64,13 @@ public:
         return condition;
     }
 
+    /// Records a failure "<what> failed: <error>" when `outcome` holds an error; returns whether it holds a
+    /// value.
+    template <class T> bool ok(const modelpool::result<T>& outcome, std::string_view what) {
+        return check(outcome.has_value(), "{} failed: {}", what,
+                     outcome ? std::string() : outcome.error().to_string());
+    }
+
     /// Failed checks so far.
     std::size_t failures() const {
         std::lock_guard lock(mutex_);
@@ -79,6 +86,21 @@ private:
 /// value or rethrows its exception. For main's thread only: never call it on a pool thread.
 template <class T, class Executor> T run_coroutine(const Executor& executor, asio::awaitable<T> coroutine) {
     return asio::co_spawn(executor, std::move(coroutine), asio::use_future).get();
+}
+
+/// Spawns one worker the way the pool's design card shows: reserves `mb` MB for it from the pool's memory
+/// governor, then calls `spawn(std::move(guard))`, one of the pool's `spawn_*_worker` functions (which
+/// returns at once; the worker loads in the background). Records a failed check and returns false when either
+/// fails.
+template <class Spawn>
+bool reserve_and_spawn(modelpool::Pool& pool, Checks& checks, std::string_view key, std::size_t mb,
+                       Spawn&& spawn) {
+    auto guard = pool.governor().try_allocate(mb, key);
+    if (!checks.ok(guard, "reserving the worker's memory")) {
+        return false;
+    }
+    const modelpool::result<modelpool::WorkerId> worker = spawn(std::move(*guard));
+    return checks.ok(worker, "spawning the worker");
 }
 
 /// Parses the common command line into `options`; returns -1 to go on, else the exit code (0 after --help, 2

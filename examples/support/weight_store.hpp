@@ -321,16 +321,17 @@ inline asio::awaitable<modelpool::result<std::string>> http_get(std::string url)
 
     auto executor = co_await asio::this_coro::executor;
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-    asio::ip::tcp::resolver resolver(executor);
-    // A timer cancels the resolve at the deadline (the stream's own timeout covers the rest).
+    // A timer cancels the resolve at the deadline (the stream's own timeout covers the rest). It holds the
+    // resolver weakly, so one that fires just as the resolve completes never touches a destroyed resolver.
+    auto resolver = std::make_shared<asio::ip::tcp::resolver>(executor);
     asio::steady_timer resolve_timer(executor, deadline);
-    resolve_timer.async_wait([&resolver](boost::system::error_code ec) {
-        if (!ec) {
-            resolver.cancel();
+    resolve_timer.async_wait([weak = std::weak_ptr(resolver)](boost::system::error_code ec) {
+        if (auto alive = weak.lock(); alive && !ec) {
+            alive->cancel();
         }
     });
     auto [resolve_error, endpoints] =
-        co_await resolver.async_resolve(host, port, asio::as_tuple(asio::use_awaitable));
+        co_await resolver->async_resolve(host, port, asio::as_tuple(asio::use_awaitable));
     resolve_timer.cancel();
     if (resolve_error) {
         co_return fail(errc::spawn_failed, "GET {}: cannot resolve {}: {}", url, host,
