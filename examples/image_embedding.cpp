@@ -134,20 +134,20 @@ int run(const demo::ExampleOptions& options, demo::Checks& checks) {
     gallery.corrupt_base64 = demo::base64_encode(corrupt);
 
     // One worker; its loader fetches the weight file over HTTP on the pool's io_context.
-    auto guard = pool.governor().try_allocate(16, std::string(key));
-    auto spawned = pool.spawn_image_embedding_worker(
-        key,
-        ColorHistogramEmbedder::loader(server.url(ColorHistogramEmbedder::weights_file),
-                                       pool.blocking_executor()),
-        16, std::move(*guard));
-    checks.check(spawned.has_value(), "spawn_image_embedding_worker failed");
+    const auto loader = ColorHistogramEmbedder::loader(server.url(ColorHistogramEmbedder::weights_file),
+                                                       pool.blocking_executor());
+    if (!demo::reserve_and_spawn(pool, checks, key, 16, [&](modelpool::AllocationGuard guard) {
+            return pool.spawn_image_embedding_worker(key, loader, 16, std::move(guard));
+        })) {
+        return 1;
+    }
 
     auto coro = demo::run_coroutine(pool.get_executor(), embed_with_coroutines(pool, gallery));
     auto futures = embed_with_futures(pool, gallery);
     server.close();
     pool.stop();
-    if (!coro || !futures) {
-        checks.check(false, "a request failed: {}", !coro ? coro.error() : futures.error());
+    if (!checks.ok(coro, "the coroutine-style requests") ||
+        !checks.ok(futures, "the future-style requests")) {
         return 1;
     }
 

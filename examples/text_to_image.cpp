@@ -109,11 +109,13 @@ int run(const demo::ExampleOptions& options, demo::Checks& checks) {
     modelpool::Pool pool(
         {.io_threads = 1, .blocking_threads = 2, .memory_limit_mb = 256, .logger = options.logger});
     demo::WeightServer server(pool.get_executor(), store);
-    auto guard = pool.governor().try_allocate(16, std::string(key));
-    auto spawned = pool.spawn_text_to_image_worker(
-        key, ProceduralPainter::loader(server.url(ProceduralPainter::weights_file), pool.blocking_executor()),
-        16, std::move(*guard));
-    checks.check(spawned.has_value(), "spawn_text_to_image_worker failed");
+    const auto loader =
+        ProceduralPainter::loader(server.url(ProceduralPainter::weights_file), pool.blocking_executor());
+    if (!demo::reserve_and_spawn(pool, checks, key, 16, [&](modelpool::AllocationGuard guard) {
+            return pool.spawn_text_to_image_worker(key, loader, 16, std::move(guard));
+        })) {
+        return 1;
+    }
 
     const std::uint32_t side = options.smoke ? 96 : 256;
     const std::vector<Request> requests = {
@@ -128,10 +130,7 @@ int run(const demo::ExampleOptions& options, demo::Checks& checks) {
 
     // Save each painting as PNG and PPM (on main's thread: the pool has stopped) and read both back.
     for (std::size_t i = 0; i + 1 < requests.size(); ++i) {
-        if (!checks.check(coro[i] && futures[i], "request {} failed: {}", i,
-                          !coro[i]      ? coro[i].error().to_string()
-                          : !futures[i] ? futures[i].error().to_string()
-                                        : "")) {
+        if (!checks.ok(coro[i], requests[i].prompt) || !checks.ok(futures[i], requests[i].prompt)) {
             return 1;
         }
         const auto& p = *coro[i];
@@ -147,8 +146,7 @@ int run(const demo::ExampleOptions& options, demo::Checks& checks) {
             auto saved = demo::save_image(path, p.image);
             auto back =
                 saved ? demo::load_image(path) : modelpool::unexpected<modelpool::PoolError>(saved.error());
-            if (checks.check(back.has_value(), "{}: {}", path.string(),
-                             back ? "" : back.error().to_string())) {
+            if (checks.ok(back, "reading " + path.string())) {
                 checks.check(back->width == config.width && back->height == config.height &&
                                  back->pixels == p.image.pixels,
                              "{} reads back as {}x{}, expected {}x{}", path.string(), back->width,

@@ -140,11 +140,13 @@ int run(const demo::ExampleOptions& options, demo::Checks& checks) {
                                      {gradient, true, ""},
                                      {(store.dir() / "no-such-image.png").string(), false, ""}};
 
-    auto guard = pool.governor().try_allocate(16, std::string(key));
-    auto spawned = pool.spawn_vision_worker(
-        key, ShapeDescriber::loader(server.url(ShapeDescriber::weights_file), pool.blocking_executor()), 16,
-        std::move(*guard));
-    checks.check(spawned.has_value(), "spawn_vision_worker failed");
+    const auto loader =
+        ShapeDescriber::loader(server.url(ShapeDescriber::weights_file), pool.blocking_executor());
+    if (!demo::reserve_and_spawn(pool, checks, key, 16, [&](modelpool::AllocationGuard guard) {
+            return pool.spawn_vision_worker(key, loader, 16, std::move(guard));
+        })) {
+        return 1;
+    }
 
     // The last request fails (missing file): run it alone to see its error, the others in both styles.
     const Request missing = requests.back();
@@ -157,8 +159,8 @@ int run(const demo::ExampleOptions& options, demo::Checks& checks) {
                               : modelpool::unexpected<modelpool::PoolError>(missing_stream.error());
     server.close();
     pool.stop();
-    if (!coro || !futures) {
-        checks.check(false, "a request failed: {}", !coro ? coro.error() : futures.error());
+    if (!checks.ok(coro, "the coroutine-style requests") ||
+        !checks.ok(futures, "the future-style requests")) {
         return 1;
     }
 

@@ -32,6 +32,7 @@
 #include <iterator>
 #include <memory>
 #include <optional>
+#include <random>
 #include <sstream>
 #include <string>
 #include <string_view>
@@ -665,15 +666,27 @@ inline result<std::string> read_file(const std::filesystem::path& path) {
     return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
-/// Writes `bytes` to `path`, creating its directory; `invalid_argument` naming it on failure.
+/// Writes `bytes` to `path`, creating its directory: to a temporary file first, then renamed, so a reader
+/// (another process too) sees the old file or the whole new one. `invalid_argument` naming it on failure.
 inline result<void> write_file(const std::filesystem::path& path, std::string_view bytes) {
     std::error_code ec;
     if (path.has_parent_path()) {
         std::filesystem::create_directories(path.parent_path(), ec);
     }
-    std::ofstream out(path, std::ios::binary | std::ios::trunc);
-    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    if (!out.flush()) {
+    std::random_device entropy;
+    const auto temporary = path.parent_path() / fmt::format(".{}.{:08x}{:08x}.tmp", path.filename().string(),
+                                                            entropy(), entropy());
+    bool written = false;
+    {
+        std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
+        out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+        written = static_cast<bool>(out.flush());
+    }
+    if (written) {
+        std::filesystem::rename(temporary, path, ec);
+    }
+    if (!written || ec) {
+        std::filesystem::remove(temporary, ec);
         return modelpool::fail(modelpool::errc::invalid_argument, "cannot write '{}'", path.string());
     }
     return {};
