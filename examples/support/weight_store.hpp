@@ -201,10 +201,10 @@ public:
         });
     }
 
-    /// Requests answered (any status).
+    /// Requests answered (any status), counted when the response is sent.
     std::size_t requests_served() const { return state_->requests.load(std::memory_order_relaxed); }
 
-    /// Response body bytes sent for successful (200) requests.
+    /// Response body bytes of the successful (200) answers.
     std::size_t bytes_served() const { return state_->bytes.load(std::memory_order_relaxed); }
 
 private:
@@ -251,13 +251,15 @@ private:
             auto response = answer(*s, request);
             response.keep_alive(false);
             response.prepare_payload();
-            auto [write_error, written] =
-                co_await http::async_write(stream, response, asio::as_tuple(asio::use_awaitable));
-            (void)written;
+            // Counted before the response leaves, so a client that has its response always sees it counted.
             s->requests.fetch_add(1, std::memory_order_relaxed);
-            if (!write_error && response.result() == http::status::ok) {
+            if (response.result() == http::status::ok) {
                 s->bytes.fetch_add(response.body().size(), std::memory_order_relaxed);
             }
+            auto [write_error, written] =
+                co_await http::async_write(stream, response, asio::as_tuple(asio::use_awaitable));
+            (void)write_error;
+            (void)written;
         }
         boost::system::error_code ignored;
         stream.socket().shutdown(asio::ip::tcp::socket::shutdown_send, ignored);
