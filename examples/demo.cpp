@@ -54,6 +54,7 @@ constexpr std::string_view colors = "colors";       // image_embedding: ColorHis
 constexpr std::string_view describer = "describer"; // vision: ShapeDescriber
 constexpr std::string_view painter = "painter";     // text_to_image: ProceduralPainter
 constexpr std::string_view broken = "broken";       // vision, whose weight file does not exist
+const std::vector<std::string_view> working_models = {sentences, fables, colors, describer, painter};
 
 /// What the demo's clients saw, per key: every request's latency and how it ended. Thread-safe.
 class Tally {
@@ -207,8 +208,8 @@ asio::awaitable<void> phase_cold_start(Demo& d, demo::StatusBoard& board) {
     const std::size_t per_key = d.options.smoke ? 8 : 64;
     board.say(fmt::format(
         "\n== 1. cold start: {} concurrent requests to each of 5 models (0 -> 2 workers each)", per_key));
-    co_await burst(d, {sentences, fables, colors, describer, painter}, per_key);
-    for (auto key : {sentences, fables, colors, describer, painter}) {
+    co_await burst(d, working_models, per_key);
+    for (auto key : working_models) {
         auto loads = d.workers.count(key, modelpool::WorkerEventKind::spawned);
         // Exactly two (no over-spawning however many requests arrive at once); the painter may already scale
         // up.
@@ -311,37 +312,40 @@ asio::awaitable<void> phase_eviction(Demo& d, demo::StatusBoard& board) {
     const auto idle = d.pool.options().idle_timeout;
     board.say(fmt::format("\n== 6. idle eviction: workers idle for {} ms are evicted, one per model per tick",
                           idle.count()));
-    const auto deadline = clock_type::now() + 10 * idle + 5s;
+    const auto start = clock_type::now();
+    const auto deadline = start + 10 * idle + 5s;
     while (!d.interrupted() && d.pool.governor().allocated_mb() > 0 && clock_type::now() < deadline) {
         co_await pause(50ms);
     }
+    board.say(
+        fmt::format("after {} ms: {} workers evicted in all, {} MB allocated",
+                    std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - start).count(),
+                    d.pool.metrics().workers_evicted, d.pool.governor().allocated_mb()));
     d.checks.check(d.interrupted() || d.pool.governor().allocated_mb() == 0,
                    "{} MB still allocated after the cooldown", d.pool.governor().allocated_mb());
 }
 
-std::shared_ptr<demo::StatusBoard> start_board(Demo& d) {
+asio::awaitable<void> run_demo(Demo& d) {
     auto board = std::make_shared<demo::StatusBoard>(
         d.pool, std::vector<std::string>{std::string(sentences), std::string(fables), std::string(colors),
                                          std::string(describer), std::string(painter), std::string(broken)});
     asio::co_spawn(d.pool.get_executor(), board->run(), asio::detached);
-    return board;
-}
-
-asio::awaitable<void> run_demo(Demo& d) {
-    auto board = start_board(d);
     co_await phase_cold_start(d, *board);
-    board->stop(); // the text phases print to the terminal themselves
     if (!d.interrupted()) {
+        board->pause(); // the text phases print to the terminal themselves
         co_await phase_search_and_stream(d);
+        board->resume();
     }
-    for (auto phase : {phase_scaling, phase_load_failure, phase_eviction}) {
-        if (d.interrupted()) {
-            break;
-        }
-        board = start_board(d);
-        co_await phase(d, *board);
-        board->stop();
+    if (!d.interrupted()) {
+        co_await phase_scaling(d, *board);
     }
+    if (!d.interrupted()) {
+        co_await phase_load_failure(d, *board);
+    }
+    if (!d.interrupted()) {
+        co_await phase_eviction(d, *board);
+    }
+    board->stop();
 }
 
 double percentile(std::vector<double> values, double q) {
@@ -368,7 +372,7 @@ void print_table(const Demo& d) {
                     d.workers.count(key, modelpool::WorkerEventKind::spawned),
                     d.workers.count(key, modelpool::WorkerEventKind::evicted), by_code.c_str());
     }
-    const auto memory = d.pool.governor().snapshot();
+    const auto memory = d.pool.governor().stats();
     std::printf("memory: peak %zu of %zu MB, %zu MB now; weight server: %zu requests, %zu bytes\n",
                 memory.peak_mb, memory.limit_mb, memory.allocated_mb, d.server.requests_served(),
                 d.server.bytes_served());
@@ -385,9 +389,11 @@ Files prepare_files(const demo::WeightStore& store) {
     demo::ensure_ngram_weights(store);
     const auto text = store.contents(demo::ensure_aesop_text(store).filename().string());
     files.corpus = demo::fable_sentences(*text);
-    store.ensure("histogram-weights.txt", [] { return demo::ColorHistogramEmbedder::generate_weights(); });
-    store.ensure("color-names.txt", [] { return demo::ShapeDescriber::generate_weights(); });
-    store.ensure("painter-vocabulary.txt", [] { return demo::ProceduralPainter::generate_weights(); });
+    store.ensure(std::string(demo::ColorHistogramEmbedder::weights_file),
+                 demo::ColorHistogramEmbedder::generate_weights);
+    store.ensure(std::string(demo::ShapeDescriber::weights_file), demo::ShapeDescriber::generate_weights);
+    store.ensure(std::string(demo::ProceduralPainter::weights_file),
+                 demo::ProceduralPainter::generate_weights);
     const std::vector<demo::Scene> scenes = {
         {.shape = demo::Shape::disc, .foreground = demo::color_named("red"), .seed = 1},
         {.shape = demo::Shape::square, .foreground = demo::color_named("blue"), .seed = 2},
@@ -395,10 +401,9 @@ Files prepare_files(const demo::WeightStore& store) {
         {.shape = demo::Shape::gradient, .foreground = demo::color_named("yellow"), .seed = 4},
     };
     for (std::size_t i = 0; i < scenes.size(); ++i) {
-        auto path = store.dir() / fmt::format("demo-scene-{}.png", i);
-        if (!std::filesystem::exists(path)) {
-            (void)demo::save_image(path, demo::render_scene(scenes[i], 96, 96));
-        }
+        const auto& scene = scenes[i];
+        auto path = store.ensure(fmt::format("demo-scene-{}.png", i),
+                                 [&] { return demo::encode_png(demo::render_scene(scene, 96, 96)); });
         files.images.push_back(path.string());
     }
     return files;
@@ -406,32 +411,27 @@ Files prepare_files(const demo::WeightStore& store) {
 
 /// Registers the five models (and the broken one) with loaders that fetch their weights from `server`.
 void register_models(modelpool::Pool& pool, const demo::WeightServer& server, demo::Checks& checks) {
-    auto blocking = pool.blocking_executor();
-    auto image_loader = [blocking](auto tag, std::string url) {
-        using Model = typename decltype(tag)::type;
-        return [blocking, url = std::move(url)] { return Model::load(url, blocking); };
-    };
+    auto blocking = pool.blocking_executor(); // the image models offload their pixel work there
     const modelpool::ModelOptions small{.per_worker_mb = 64, .max_workers = 2};
     const std::vector<modelpool::result<void>> registered = {
         pool.register_text_embedding_model(
             sentences, demo::ngram_embedder_loader(server.url(demo::NgramEmbedder::weights_name)), small),
         pool.register_text_to_text_model(
             fables, demo::ngram_generator_loader(server.url(demo::aesop_text_name)), small),
-        pool.register_image_embedding_model(colors,
-                                            image_loader(std::type_identity<demo::ColorHistogramEmbedder>{},
-                                                         server.url("histogram-weights.txt")),
-                                            small),
+        pool.register_image_embedding_model(
+            colors,
+            demo::ColorHistogramEmbedder::loader(server.url(demo::ColorHistogramEmbedder::weights_file),
+                                                 blocking),
+            small),
         pool.register_vision_model(
-            describer,
-            image_loader(std::type_identity<demo::ShapeDescriber>{}, server.url("color-names.txt")), small),
+            describer, demo::ShapeDescriber::loader(server.url(demo::ShapeDescriber::weights_file), blocking),
+            small),
         pool.register_text_to_image_model(
             painter,
-            image_loader(std::type_identity<demo::ProceduralPainter>{}, server.url("painter-vocabulary.txt")),
+            demo::ProceduralPainter::loader(server.url(demo::ProceduralPainter::weights_file), blocking),
             {.per_worker_mb = 256, .max_workers = 4}),
         pool.register_vision_model(
-            broken,
-            image_loader(std::type_identity<demo::ShapeDescriber>{}, server.url("no-such-weights.txt")),
-            small),
+            broken, demo::ShapeDescriber::loader(server.url("no-such-weights.txt"), blocking), small),
     };
     for (const auto& r : registered) {
         checks.check(r.has_value(), "registering a model failed: {}",
@@ -481,6 +481,7 @@ int main(int argc, char** argv) {
                    .server = server,
                    .corpus = files.corpus,
                    .images = files.images,
+                   .tally = {},
                    .workers = workers};
             demo::run_coroutine(pool.get_executor(),
                                 run_demo(d)); // main's thread waits; no pool thread blocks

@@ -61,7 +61,8 @@ public:
                            "bins 4\norientations 8\ncolor_weight 1.0\ngradient_weight 0.5\n"
                            "edge_threshold 0.04\nquant";
         for (int v = 0; v < 256; ++v) {
-            text += " " + std::to_string(v * 4 / 256);
+            text += ' '; // two appends: `" " + std::to_string(...)` trips g++ 12's -Wrestrict at -O3
+            text += std::to_string(v * 4 / 256);
         }
         return text + "\n";
     }

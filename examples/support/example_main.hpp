@@ -115,6 +115,16 @@ struct ExtraArgument {
     std::function<bool(std::string_view)> parse; ///< Takes the value; false: invalid (exit code 2).
 };
 
+/// " [--name VALUE]..." for the usage line.
+inline std::string extra_synopsis(const std::vector<ExtraArgument>& extra) {
+    std::string out;
+    for (const auto& e : extra) {
+        const auto value = e.usage.substr(e.name.size() + 1);
+        out += fmt::format(" [{} {}]", e.name, value.substr(0, value.find(' ')));
+    }
+    return out;
+}
+
 inline int parse_example_args(int argc, char** argv, std::string_view name, std::string_view description,
                               ExampleOptions& options, const std::vector<ExtraArgument>& extra = {}) {
     options.cache_dir = std::filesystem::temp_directory_path() / "modelpool-demo";
@@ -138,12 +148,13 @@ inline int parse_example_args(int argc, char** argv, std::string_view name, std:
         } else if (arg == "--help" || arg == "-h") {
             std::printf(
                 "modelpool example %.*s: %.*s\n\n"
-                "usage: %s [--smoke] [--cache-dir DIR] [--log-level LEVEL]\n"
+                "usage: %s [--smoke] [--cache-dir DIR] [--log-level LEVEL]%s\n"
                 "  --smoke            short run that checks its own output (exit 1 on a failed check)\n"
                 "  --cache-dir DIR    where generated demo weight files are kept (default %s)\n"
                 "  --log-level LEVEL  trace, debug, info, warn, error or off (default warn)\n",
                 static_cast<int>(name.size()), name.data(), static_cast<int>(description.size()),
-                description.data(), argv[0], options.cache_dir.string().c_str());
+                description.data(), argv[0], extra_synopsis(extra).c_str(),
+                options.cache_dir.string().c_str());
             for (const auto& e : extra) {
                 std::printf("  %.*s\n", static_cast<int>(e.usage.size()), e.usage.data());
             }

@@ -37,7 +37,9 @@ public:
     asio::awaitable<void> run() {
         auto self = shared_from_this(); // the coroutine keeps the board alive
         while (!stopped_) {
-            render();
+            if (!paused_) {
+                render();
+            }
             timer_.expires_after(period_);
             auto [ec] = co_await timer_.async_wait(asio::as_tuple(asio::use_awaitable));
             (void)ec; // cancelled by stop(): the loop condition ends it
@@ -51,6 +53,19 @@ public:
         timer_.cancel();
     }
 
+    /// Stops repainting (the board stays where it is) until `resume()`: for phases that print themselves.
+    /// Call it on the pool's executor, like `say`.
+    void pause() {
+        paused_ = true;
+        painted_ = 0; // what follows is printed below the board
+    }
+
+    /// Repaints again (below whatever was printed meanwhile).
+    void resume() {
+        paused_ = false;
+        render();
+    }
+
     /// Text printed between repaints (e.g. a phase title): on a terminal it is printed above the board.
     void say(const std::string& line) {
         if (tty_ && painted_ > 0) {
@@ -59,7 +74,9 @@ public:
         }
         std::printf("%s\n", line.c_str());
         std::fflush(stdout);
-        render();
+        if (!paused_) {
+            render();
+        }
     }
 
 private:
@@ -82,7 +99,7 @@ private:
         for (const auto& key : keys_) {
             lines.push_back(line_for(key));
         }
-        const auto memory = pool_.governor().snapshot();
+        const auto memory = pool_.governor().stats();
         lines.push_back(fmt::format("{:<14} {} of {} MB allocated (peak {} MB)", "memory",
                                     memory.allocated_mb, memory.limit_mb, memory.peak_mb));
         if (tty_) {
@@ -117,6 +134,7 @@ private:
     std::chrono::milliseconds period_;
     asio::steady_timer timer_;
     bool stopped_ = false;
+    bool paused_ = false;
     std::size_t painted_ = 0;                 // board lines on screen (terminal mode)
     std::map<std::string, std::string> last_; // last logged line per key (plain mode)
 };
