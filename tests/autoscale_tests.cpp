@@ -8,6 +8,7 @@
 // worker lifecycle events (on_worker_event). Every wait has a timeout, so a bug fails a test instead of
 // hanging it.
 #include "support/catch.hpp"
+#include "support/checks.hpp"
 #include "support/test_models.hpp"
 
 #include <modelpool/detail/scaling_policy.hpp>
@@ -41,36 +42,6 @@ namespace asio = modelpool::asio;
 using namespace modelpool;
 using namespace modelpool::testing;
 using namespace std::chrono_literals;
-
-// ---- small helpers (as in pool_tests.cpp) -----------------------------------------------------------------
-
-bool contains(std::string_view haystack, std::string_view needle) {
-    return haystack.find(needle) != std::string_view::npos;
-}
-
-/// The value of `future`, which must be ready within `timeout`.
-template <class T> T get(std::future<T> future, std::chrono::milliseconds timeout = 5s) {
-    REQUIRE(future.wait_for(timeout) == std::future_status::ready);
-    return future.get();
-}
-
-/// True while `future` has no value (checked for a short moment, so that a wrong completion already in flight
-/// is seen).
-template <class T> bool pending(const std::future<T>& future) {
-    return future.wait_for(20ms) == std::future_status::timeout;
-}
-
-/// Checks that `r` is an error with `code` whose message contains every one of `needles`.
-template <class T>
-void check_error(const result<T>& r, errc code, std::initializer_list<std::string_view> needles = {}) {
-    REQUIRE_FALSE(r.has_value());
-    INFO("error: " << r.error().to_string());
-    CHECK(r.error().code() == code);
-    for (auto needle : needles) {
-        INFO("expected in the message: " << needle);
-        CHECK(contains(r.error().message(), needle));
-    }
-}
 
 /// The instance number a test model put in its embedding.
 int instance_of(const result<Embedding>& r) {

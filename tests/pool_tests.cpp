@@ -5,6 +5,7 @@
 // report to, on futures, and on `eventually` (a 1 ms poll that runs on the pool's own io thread). Every wait
 // has a timeout, so a bug fails a test instead of hanging the suite.
 #include "support/catch.hpp"
+#include "support/checks.hpp"
 #include "support/test_models.hpp"
 
 #include <modelpool/pool.hpp>
@@ -51,36 +52,8 @@ PoolOptions test_options(const LogCapture& log) {
             .logger = log.logger()};
 }
 
-bool contains(std::string_view haystack, std::string_view needle) {
-    return haystack.find(needle) != std::string_view::npos;
-}
-
 template <class T> std::string show(const result<T>& r) {
     return r ? std::string("ok") : r.error().to_string();
-}
-
-/// The value of `future`, which must be ready within `timeout`.
-template <class T> T get(std::future<T> future, std::chrono::milliseconds timeout = 5s) {
-    REQUIRE(future.wait_for(timeout) == std::future_status::ready);
-    return future.get();
-}
-
-/// True while `future` has no value (checked for a short moment, so that a wrong completion already in flight
-/// is seen).
-template <class T> bool pending(const std::future<T>& future) {
-    return future.wait_for(20ms) == std::future_status::timeout;
-}
-
-/// Checks that `r` is an error with `code` whose message contains every one of `needles`.
-template <class T>
-void check_error(const result<T>& r, errc code, std::initializer_list<std::string_view> needles = {}) {
-    REQUIRE_FALSE(r.has_value());
-    INFO("error: " << r.error().to_string());
-    CHECK(r.error().code() == code);
-    for (auto needle : needles) {
-        INFO("expected in the message: " << needle);
-        CHECK(contains(r.error().message(), needle));
-    }
 }
 
 AllocationGuard guard_for(Pool& pool, std::string_view key, std::size_t mb = 1) {

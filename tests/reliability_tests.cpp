@@ -9,6 +9,7 @@
 // (default 50); MODELPOOL_SOAK_REQUESTS=<n> sizes the soak (default 200,000; 48,000 under ASan
 // or TSan, to stay within the suite's budget).
 #include "support/catch.hpp"
+#include "support/checks.hpp"
 #include "support/reliability.hpp"
 #include "support/test_models.hpp"
 
@@ -45,34 +46,13 @@ namespace {
 namespace asio = modelpool::asio;
 using namespace modelpool;
 using namespace modelpool::reliability;
+using namespace modelpool::testing;
 using namespace std::chrono_literals;
 using End = Ledger::End;
 
 std::uint64_t env_or(const char* name, std::uint64_t fallback) {
     const char* value = std::getenv(name);
     return value != nullptr && *value != '\0' ? std::strtoull(value, nullptr, 10) : fallback;
-}
-
-bool contains(std::string_view haystack, std::string_view needle) {
-    return haystack.find(needle) != std::string_view::npos;
-}
-
-template <class T> T get(std::future<T> future, std::chrono::milliseconds timeout = 5s) {
-    REQUIRE(future.wait_for(timeout) == std::future_status::ready);
-    return future.get();
-}
-
-/// Checks that `r` is an error with `code` whose message names every one of `needles`.
-template <class T>
-void check_error(const result<T>& r, errc code, std::initializer_list<std::string_view> needles = {}) {
-    REQUIRE_FALSE(r.has_value());
-    INFO("error: " << r.error().to_string());
-    CHECK(r.error().code() == code);
-    CHECK_FALSE(r.error().message().empty());
-    for (auto needle : needles) {
-        INFO("expected in the message: " << needle);
-        CHECK(contains(r.error().message(), needle));
-    }
 }
 
 /// Checks how request `e` ended.
