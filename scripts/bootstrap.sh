@@ -4,7 +4,12 @@
 # Runs apt-get as root directly, or through sudo for a normal user; refuses on systems it does not know.
 set -euo pipefail
 
-packages=(cmake ninja-build g++ libboost1.81-dev libfmt-dev libspdlog-dev catch2 libexpected-dev ccache "$@")
+packages=(cmake ninja-build g++ libboost1.81-dev libfmt-dev libspdlog-dev catch2 libexpected-dev ccache pkg-config
+    # The real inference runtimes of examples/runtimes/ (each optional in CMake, built and tested here):
+    libtesseract-dev tesseract-ocr-eng libfreetype-dev fonts-dejavu-core # vision: Tesseract OCR
+    libfasttext-dev                                                      # text_embedding: fastText
+    libtorch-dev                                                         # text_to_text: a char-level RNN
+    "$@")
 
 say() { printf 'bootstrap: %s\n' "$*"; }
 die() {
