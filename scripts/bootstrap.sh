@@ -9,6 +9,7 @@ packages=(cmake ninja-build g++ libboost1.81-dev libfmt-dev libspdlog-dev catch2
     libtesseract-dev tesseract-ocr-eng libfreetype-dev fonts-dejavu-core # vision: Tesseract OCR
     libfasttext-dev                                                      # text_embedding: fastText
     libtorch-dev                                                         # text_to_text: a char-level RNN
+    libboost-json1.81-dev                                                # modelpool::http (Boost.JSON)
     "$@")
 
 say() { printf 'bootstrap: %s\n' "$*"; }
