@@ -43,10 +43,11 @@ namespace asio = modelpool::asio;
 using modelpool::result;
 
 /// Memory budget of one worker in MB, for the pool's governor (`per_worker_mb`). Measured on Debian 12
-/// (Tesseract 5.3.0, tesseract-ocr-eng 4.1.0, LSTM engine): the RSS growth per loaded worker that has
-/// recognised a page of a few text lines, averaged over 4 workers (bench/ocr.cpp), plus headroom for larger
-/// pages.
-inline constexpr std::size_t per_worker_mb = 48;
+/// (Tesseract 5.3.0, tesseract-ocr-eng 4.1.0 "fast" LSTM model of 4 MB, x86-64) by bench/ocr.cpp: the growth
+/// of the process's VmRSS per worker, over 4 workers each loaded and having recognised a page of three text
+/// lines, was 14-16 MB (13-15 MB of it after loading alone). A recognition also holds its image and a few
+/// working copies of it for its duration: budget more for large scans (a 300-dpi A4 page is ~9 megapixels).
+inline constexpr std::size_t per_worker_mb = 16;
 
 /// Where Debian's tesseract-ocr-eng puts the language data when TESSDATA_PREFIX is not set.
 inline constexpr std::string_view default_tessdata_dir = "/usr/share/tesseract-ocr/5/tessdata";
