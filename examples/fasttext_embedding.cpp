@@ -66,6 +66,20 @@ const std::vector<Query> queries = {
     {"like draws like", "Like will draw like"},
 };
 
+// AddressSanitizer's allocator adds red zones and a quarantine to every allocation: the memory check allows
+// it twice the budget (measured: 7 to 8.5 MB per engine instead of 4.8).
+#if defined(__SANITIZE_ADDRESS__)
+constexpr double memory_allowance = 2.0;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr double memory_allowance = 2.0;
+#else
+constexpr double memory_allowance = 1.0;
+#endif
+#else
+constexpr double memory_allowance = 1.0;
+#endif
+
 /// The process's resident set in MB (Linux: /proc/self/statm); 0 when unknown.
 double resident_mb() {
     std::ifstream statm("/proc/self/statm");
@@ -228,7 +242,8 @@ int main(int argc, char** argv) {
                        "(per_worker_mb = {})\n",
                        loaded[0].dimensions(), loaded[0].vocabulary_size(), per_engine,
                        runtimes::fasttext_per_worker_mb);
-            checks.check(per_engine <= static_cast<double>(runtimes::fasttext_per_worker_mb),
+            checks.check(per_engine <=
+                             memory_allowance * static_cast<double>(runtimes::fasttext_per_worker_mb),
                          "a loaded engine takes {:.1f} MB, more than per_worker_mb = {}", per_engine,
                          runtimes::fasttext_per_worker_mb);
             checks.check(loaded[0].dimensions() == static_cast<std::size_t>(runtimes::FastTextTraining{}.dim),
