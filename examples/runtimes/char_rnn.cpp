@@ -25,6 +25,9 @@ namespace demo {
 
 namespace {
 
+/// Prompt characters per forward pass: bounds a pass's transient memory (about 4.5 KB per character).
+constexpr std::size_t prompt_slice = 256;
+
 /// Intra-op threads: 1, set once for the whole process (see `CharRnnEngine::load`).
 void limit_torch_threads() {
     static std::once_flag once;
@@ -203,7 +206,13 @@ modelpool::result<CharRnnRun> CharRnnEngine::generate(const std::string& prompt,
         }
         std::mt19937_64 random(params.seed ? *params.seed : std::random_device{}());
         auto state = impl_->module.get_method("initial_state")(std::vector<c10::IValue>{}).toTensor();
-        auto logits = impl_->step(context, state);
+        // The prompt in slices: the state carries over, and the transient activations of one pass stay small.
+        std::vector<float> logits;
+        for (std::size_t at = 0; at < context.size(); at += prompt_slice) {
+            const auto end =
+                context.begin() + static_cast<std::ptrdiff_t>(std::min(context.size(), at + prompt_slice));
+            logits = impl_->step({context.begin() + static_cast<std::ptrdiff_t>(at), end}, state);
+        }
 
         std::string pending; // sampled text not emitted yet (it may still become a stop sequence)
         while (run.sampled < params.max_tokens) {

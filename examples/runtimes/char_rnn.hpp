@@ -29,12 +29,13 @@
 
 namespace demo {
 
-/// Memory to reserve per loaded worker, in MB (`per_worker_mb`). Measured with examples/torch_generator.cpp
-/// (which prints the RSS growth per worker): a second loaded worker adds about 2 MB of RSS (its copy of the
-/// 0.6 MB of weights, the TorchScript graph, allocator slack); the first load also pays libtorch's one-time
-/// process-wide setup (about 4 MB more, thread pools, operator registry pages touched). 16 MB covers either
-/// with room for a long prompt's activations.
-inline constexpr std::size_t char_rnn_per_worker_mb = 16;
+/// Memory to reserve per loaded worker, in MB (`per_worker_mb`). Measured with examples/torch_generator.cpp,
+/// which prints the RSS growth (Release, libtorch 1.13.1): a loaded worker adds 2-3.5 MB (its own copy of the
+/// 0.6 MB of weights, the TorchScript graph and executor, allocator slack) and a generation's transient
+/// activations peak at about 1.2 MB (prompts are fed 256 characters per pass); 8 MB leaves a 2x margin.
+/// Not included: libtorch's one-time process-wide setup on the first load (about 15 MB, shared by all
+/// workers), and the ~150 MB of libtorch's shared libraries mapped at start.
+inline constexpr std::size_t char_rnn_per_worker_mb = 8;
 
 /// The most prompt characters the network reads: longer prompts keep their last `char_rnn_max_context`
 /// (known) characters, so a huge prompt costs bounded time. The network was trained on 100-character windows.
