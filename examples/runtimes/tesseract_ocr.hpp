@@ -127,12 +127,15 @@ struct EngineOptions {
     /// Tesseract language code(s), e.g. "eng" or "eng+deu".
     std::string language = "eng";
     /// Run Tesseract's OpenMP regions on the calling thread only (OpenMP max-active-levels 0 for the duration
-    /// of each recognition, restored afterwards). Debian's libtesseract is built with OpenMP and asks for up
-    /// to 4 threads in its LSTM layers; a pool already runs one recognition per worker in parallel, so extra
-    /// threads per recognition only oversubscribe the cores (bench/ocr.cpp measures both). Per thread, so
-    /// other OpenMP users in the process (e.g. libtorch) are not affected. OMP_THREAD_LIMIT would have to be
-    /// in the environment before the program starts (libgomp reads it when it is loaded) and would limit
-    /// every OpenMP user.
+    /// of each recognition, restored afterwards). Why: Debian's libtesseract is built with OpenMP and its
+    /// LSTM layers ask for 4 threads per region (a `num_threads(4)` clause, so `omp_set_num_threads` cannot
+    /// lower it); a pool already runs one recognition per worker in parallel, so the extra threads only
+    /// oversubscribe the cores. bench/ocr.cpp measured 2 workers on 2 cores (a shared machine, load average
+    /// 5-8) at 2.0-3.1x the throughput of the OpenMP default, and equal to it (1.01x) when the program was
+    /// started with OMP_THREAD_LIMIT=1. Why not OMP_THREAD_LIMIT: libgomp reads it when it is loaded, before
+    /// main, so a `setenv` in the loader comes too late, and it limits every OpenMP user of the process
+    /// (libtorch too); max-active-levels is a per-thread setting in libgomp, restored after each call. A
+    /// no-op when Tesseract was built without OpenMP.
     bool single_threaded = true;
 };
 
