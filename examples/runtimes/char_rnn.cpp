@@ -146,7 +146,15 @@ modelpool::result<CharRnnEngine> CharRnnEngine::load(const std::filesystem::path
         impl->vocab = vocab.toStringRef();
         impl->index.fill(-1);
         for (std::size_t i = 0; i < impl->vocab.size(); ++i) {
-            impl->index[static_cast<unsigned char>(impl->vocab[i])] = static_cast<int>(i);
+            // One byte per token: the sampler emits vocab[i] as it is, and prompts are read byte by byte.
+            const auto byte = static_cast<unsigned char>(impl->vocab[i]);
+            if (byte >= 0x80 || impl->index[byte] >= 0) {
+                return modelpool::fail(modelpool::errc::spawn_failed,
+                                       "char RNN model {}: vocabulary byte {} at index {} is not ASCII or "
+                                       "repeats (a vocabulary of distinct ASCII characters is expected)",
+                                       path.string(), static_cast<int>(byte), i);
+            }
+            impl->index[byte] = static_cast<int>(i);
         }
         // One step checks the interface: initial_state(), forward(ids, state) -> (logits, state).
         c10::InferenceMode inference;

@@ -49,12 +49,14 @@ struct CharRnnRun {
 };
 
 /// The network: a TorchScript module (torch::jit::load) and its vocabulary. Blocking calls only; NOT
-/// thread-safe: use one engine per worker (thread). Movable.
+/// thread-safe: use one engine per worker (thread). Movable (a moved-from engine may only be destroyed or
+/// assigned to).
 class CharRnnEngine {
 public:
     /// Loads the TorchScript file at `path` (blocking: file read and graph setup). Fails with `spawn_failed`
     /// naming the path when the file is missing, is not a TorchScript archive, or lacks the expected
-    /// interface (`vocab`, `initial_state`, a forward giving one logit per vocabulary character).
+    /// interface (`vocab` of distinct ASCII characters, `initial_state`, a forward giving one logit per
+    /// vocabulary character).
     ///
     /// Also sets libtorch's intra-op threads to 1, once per process (`at::set_num_threads` is
     /// process-global): the pool parallelises across workers, and with batch-1 steps of a 192-wide GRU
