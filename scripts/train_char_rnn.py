@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """Trains the small character-level GRU that the libtorch text_to_text example serves (issue 13).
 
 It learns Aesop's Fables (examples/data/aesop.txt, public domain: its '#' comment lines are left out) one
