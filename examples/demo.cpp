@@ -1,13 +1,17 @@
-// modelpool main demo: five small demo models (honestly: not neural networks; see examples/models/) served by
-// one modelpool::Pool, and the whole lifecycle on one terminal.
+// modelpool main demo: five models, one per capability, served by one modelpool::Pool, and the whole
+// lifecycle on one terminal. Each capability is served by a real inference runtime when this build includes
+// it (Tesseract OCR for vision, fastText for text_embedding, a char-level GRU on libtorch for text_to_text;
+// see examples/runtimes/) and by a small demo model otherwise (examples/models/: honestly not neural
+// networks); the demo says which at its start (examples/support/builtin_models.hpp).
 //
 //   1. Weight files are generated into the cache directory on first run and served by a loopback HTTP server
-//      (Boost.Beast) that the demo starts on 127.0.0.1; every loader fetches its weights over HTTP with
-//      non-blocking sockets on the pool's only io thread.
+//      (Boost.Beast) that the demo starts on 127.0.0.1; the loaders fetch their weights over HTTP with
+//      non-blocking sockets on the pool's only io thread, and run the runtimes' blocking loads on the pool's
+//      blocking executor.
 //   2. Cold start: a burst of concurrent requests to all five models starts exactly two workers per model
 //      (0 -> 2), shown live (a repainted board on a terminal, change lines otherwise).
-//   3. A nearest-sentence search over the fables, and a generated fable streamed to the terminal word by
-//   word.
+//   3. A nearest-sentence search over the fables, and a generated fable streamed to the terminal as it is
+//      sampled.
 //   4. Scaling under load: concurrent clients keep the image generator busy for --duration seconds; its
 //      workers scale up to their maximum, one at a time.
 //   5. A model whose weights are missing: its load fails, is retried once, and its request ends cleanly with
@@ -16,13 +20,7 @@
 //   7. A table of requests, latency percentiles, workers spawned/evicted and peak memory; the Prometheus
 //   text.
 // Ctrl+C stops gracefully (twice: at once). `--smoke` runs a short version that checks its own results.
-#include "models/aesop_text.hpp"
-#include "models/color_histogram_embedder.hpp"
-#include "models/image.hpp"
-#include "models/ngram_embedder.hpp"
-#include "models/ngram_generator.hpp"
-#include "models/procedural_painter.hpp"
-#include "models/shape_describer.hpp"
+#include "support/builtin_models.hpp"
 #include "support/example_main.hpp"
 #include "support/status_board.hpp"
 #include "support/weight_store.hpp"
@@ -48,10 +46,10 @@ using namespace std::chrono_literals;
 using clock_type = std::chrono::steady_clock;
 
 // The model keys, in the order the board shows them.
-constexpr std::string_view sentences = "sentences"; // text_embedding: NgramEmbedder
-constexpr std::string_view fables = "fables";       // text_to_text: NgramGenerator
+constexpr std::string_view sentences = "sentences"; // text_embedding: fastText or NgramEmbedder
+constexpr std::string_view fables = "fables";       // text_to_text: the char-level GRU or NgramGenerator
 constexpr std::string_view colors = "colors";       // image_embedding: ColorHistogramEmbedder
-constexpr std::string_view describer = "describer"; // vision: ShapeDescriber
+constexpr std::string_view describer = "describer"; // vision: Tesseract OCR or ShapeDescriber
 constexpr std::string_view painter = "painter";     // text_to_image: ProceduralPainter
 constexpr std::string_view broken = "broken";       // vision, whose weight file does not exist
 const std::vector<std::string_view> working_models = {sentences, fables, colors, describer, painter};
@@ -114,6 +112,9 @@ struct Demo {
     demo::WeightServer& server;
     const std::vector<std::string>& corpus; // the fables' sentences
     std::vector<std::string> images;        // generated test images (paths)
+    std::vector<std::string> pages;         // images of rendered text, for an OCR model (paths)
+    bool ocr = false;                       // the vision model reads text (Tesseract), not shapes
+    bool char_level = false;                // the text_to_text model samples characters, not words
     Tally tally;
     WorkerCounts& workers;
 
@@ -158,8 +159,10 @@ asio::awaitable<modelpool::result<std::size_t>> one_request(Demo& d, std::string
         co_return co_await drain(*stream);
     }
     if (key == describer || key == broken) {
-        const std::string query = "colours";
-        auto stream = co_await pool.describe_image(key, d.images[i % d.images.size()], query);
+        const bool ocr = key == describer && d.ocr; // an OCR model reads pages of text, line by line
+        const std::string query = ocr ? "lines" : "colours";
+        const auto& inputs = ocr ? d.pages : d.images;
+        auto stream = co_await pool.describe_image(key, inputs[i % inputs.size()], query);
         if (!stream) {
             co_return modelpool::unexpected<modelpool::PoolError>(stream.error());
         }
@@ -239,7 +242,8 @@ asio::awaitable<void> phase_search_and_stream(Demo& d) {
                    "the nearest sentence to '{}' is '{}', expected the tortoise's moral", query,
                    d.corpus[best]);
 
-    std::printf("\n== 3. a fable generated word by word (text_to_text stream)\n");
+    std::printf("\n== 3. a fable generated %s by %s (text_to_text stream)\n",
+                d.char_level ? "character" : "word", d.char_level ? "character" : "word");
     modelpool::GenerationParams params{.max_tokens = d.options.smoke ? 16u : 80u, .seed = 2026};
     const std::string prompt = "The Lion";
     auto stream = co_await d.pool.prompt(fables, prompt, params);
@@ -248,7 +252,7 @@ asio::awaitable<void> phase_search_and_stream(Demo& d) {
         co_return;
     }
     std::printf("The Lion");
-    std::size_t words = 0;
+    std::size_t tokens = 0;
     for (;;) {
         auto chunk = co_await stream->async_next();
         if (!chunk || !*chunk) {
@@ -257,14 +261,14 @@ asio::awaitable<void> phase_search_and_stream(Demo& d) {
             break;
         }
         if (auto* text = std::get_if<modelpool::TextChunk>(&**chunk)) {
-            ++words;
+            ++tokens;
             std::printf("%s", text->text.c_str());
             std::fflush(stdout);
         } else if (auto* stats = std::get_if<modelpool::CompletionStats>(&**chunk)) {
             std::printf("\n[%zu tokens, finish: %s]\n", stats->token_count, stats->finish_reason.c_str());
         }
     }
-    d.checks.check(d.interrupted() || words > 0, "the generated fable has no words");
+    d.checks.check(d.interrupted() || tokens > 0, "the generated fable is empty");
 }
 
 /// A client of the load phase: image requests one after another until `until` (at least two, so the queue
@@ -378,22 +382,49 @@ void print_table(const Demo& d) {
                 d.server.bytes_served());
 }
 
-/// Generates the demo's weight files and test images (first run only; blocking file I/O on main's thread).
+/// The demo's inputs: the fables' sentences and test images, generated on first run (blocking file I/O on
+/// main's thread). The models' own files are prepared when they are registered.
 struct Files {
     std::vector<std::string> corpus;
     std::vector<std::string> images;
+    std::vector<std::string> pages; // rendered text, for an OCR model
 };
+
+/// Lines of the fables rendered as images (first run only), for an OCR model to read.
+std::vector<std::string> prepare_pages([[maybe_unused]] const demo::WeightStore& store,
+                                       [[maybe_unused]] const std::vector<std::string>& corpus) {
+    std::vector<std::string> pages;
+#if defined(MODELPOOL_HAVE_TESSERACT)
+    for (std::size_t i = 0; i < 4 && i < corpus.size(); ++i) {
+        // A sentence cut into lines of at most ~40 characters, as a page would show it.
+        std::vector<std::string> lines{""};
+        for (std::size_t at = 0; at < corpus[i].size();) {
+            auto end = corpus[i].find(' ', at);
+            end = end == std::string::npos ? corpus[i].size() : end;
+            const auto word = corpus[i].substr(at, end - at);
+            if (!lines.back().empty() && lines.back().size() + 1 + word.size() > 40) {
+                lines.emplace_back();
+            }
+            lines.back() += (lines.back().empty() ? "" : " ") + word;
+            at = end + 1;
+        }
+        auto path = store.ensure(fmt::format("demo-page-{}.png", i), [&] {
+            auto png = tesseract_ocr::render_text_png(lines);
+            if (!png) {
+                throw std::runtime_error(png.error().to_string());
+            }
+            return std::move(*png);
+        });
+        pages.push_back(path.string());
+    }
+#endif
+    return pages;
+}
 
 Files prepare_files(const demo::WeightStore& store) {
     Files files;
-    demo::ensure_ngram_weights(store);
     const auto text = store.contents(demo::ensure_aesop_text(store).filename().string());
     files.corpus = demo::fable_sentences(*text);
-    store.ensure(std::string(demo::ColorHistogramEmbedder::weights_file),
-                 demo::ColorHistogramEmbedder::generate_weights);
-    store.ensure(std::string(demo::ShapeDescriber::weights_file), demo::ShapeDescriber::generate_weights);
-    store.ensure(std::string(demo::ProceduralPainter::weights_file),
-                 demo::ProceduralPainter::generate_weights);
     const std::vector<demo::Scene> scenes = {
         {.shape = demo::Shape::disc, .foreground = demo::color_named("red"), .seed = 1},
         {.shape = demo::Shape::square, .foreground = demo::color_named("blue"), .seed = 2},
@@ -406,35 +437,55 @@ Files prepare_files(const demo::WeightStore& store) {
                                  [&] { return demo::encode_png(demo::render_scene(scene, 96, 96)); });
         files.images.push_back(path.string());
     }
+    files.pages = prepare_pages(store, files.corpus);
     return files;
 }
 
-/// Registers the five models (and the broken one) with loaders that fetch their weights from `server`.
-void register_models(modelpool::Pool& pool, const demo::WeightServer& server, demo::Checks& checks) {
-    auto blocking = pool.blocking_executor(); // the image models offload their pixel work there
-    const modelpool::ModelOptions small{.per_worker_mb = 64, .max_workers = 2};
-    const std::vector<modelpool::result<void>> registered = {
-        pool.register_text_embedding_model(
-            sentences, demo::ngram_embedder_loader(server.url(demo::NgramEmbedder::weights_name)), small),
-        pool.register_text_to_text_model(
-            fables, demo::ngram_generator_loader(server.url(demo::aesop_text_name)), small),
-        pool.register_image_embedding_model(
-            colors,
-            demo::ColorHistogramEmbedder::loader(server.url(demo::ColorHistogramEmbedder::weights_file),
-                                                 blocking),
-            small),
-        pool.register_vision_model(
-            describer, demo::ShapeDescriber::loader(server.url(demo::ShapeDescriber::weights_file), blocking),
-            small),
-        pool.register_text_to_image_model(
-            painter,
-            demo::ProceduralPainter::loader(server.url(demo::ProceduralPainter::weights_file), blocking),
-            {.per_worker_mb = 256, .max_workers = 4}),
-        pool.register_vision_model(
-            broken, demo::ShapeDescriber::loader(server.url("no-such-weights.txt"), blocking), small),
+/// Which built-in model serves each key: per capability, the real runtime when this build has it.
+struct Lineup {
+    Lineup() = default;
+    Lineup(const Lineup&) = delete; // the references below point into `models`
+    Lineup& operator=(const Lineup&) = delete;
+
+    std::vector<demo::BuiltinModel> models = demo::builtin_models();
+    const demo::BuiltinModel& text_embedding = demo::preferred_builtin(models, "text_embedding");
+    const demo::BuiltinModel& text_to_text = demo::preferred_builtin(models, "text_to_text");
+    const demo::BuiltinModel& image_embedding = demo::preferred_builtin(models, "image_embedding");
+    const demo::BuiltinModel& vision = demo::preferred_builtin(models, "vision");
+    const demo::BuiltinModel& text_to_image = demo::preferred_builtin(models, "text_to_image");
+
+    void print() const {
+        std::printf("models (a real runtime where this build has one, a demo model otherwise):\n");
+        const std::pair<std::string_view, const demo::BuiltinModel*> rows[] = {{sentences, &text_embedding},
+                                                                               {fables, &text_to_text},
+                                                                               {colors, &image_embedding},
+                                                                               {describer, &vision},
+                                                                               {painter, &text_to_image}};
+        for (const auto& [key, model] : rows) {
+            std::printf("  %-10s %-15s %-18s %s\n", std::string(key).c_str(),
+                        std::string(model->capability).c_str(), std::string(model->name).c_str(),
+                        std::string(model->description).c_str());
+        }
+    }
+};
+
+/// Registers the five models (and the broken one); their loaders fetch their files from `server`.
+void register_models(const Lineup& lineup, const demo::BuiltinContext& context, demo::Checks& checks) {
+    const modelpool::ModelOptions small{.max_workers = 2}; // per_worker_mb 0: the model's own figure
+    const std::vector<std::pair<std::string_view, modelpool::result<void>>> registered = {
+        {sentences, lineup.text_embedding.register_model(context, sentences, small)},
+        {fables, lineup.text_to_text.register_model(context, fables, small)},
+        {colors, lineup.image_embedding.register_model(context, colors, small)},
+        {describer, lineup.vision.register_model(context, describer, small)},
+        {painter, lineup.text_to_image.register_model(context, painter, {.max_workers = 4})},
+        {broken, context.pool.register_vision_model(
+                     broken,
+                     demo::ShapeDescriber::loader(context.files.url("no-such-weights.txt"),
+                                                  context.pool.blocking_executor()),
+                     {.per_worker_mb = 64, .max_workers = 2})},
     };
-    for (const auto& r : registered) {
-        checks.check(r.has_value(), "registering a model failed: {}",
+    for (const auto& [key, r] : registered) {
+        checks.check(r.has_value(), "registering '{}' failed: {}", key,
                      r ? std::string() : r.error().to_string());
     }
 }
@@ -451,7 +502,7 @@ int main(int argc, char** argv) {
             return demo_options.duration_s > 0 && demo_options.duration_s <= 3600;
         }};
     return demo::example_main(
-        argc, argv, "demo", "the whole lifecycle of five demo models", {duration},
+        argc, argv, "demo", "the whole lifecycle of five models (real runtimes where built)", {duration},
         [&](const demo::ExampleOptions& options, demo::Checks& checks) {
             const demo::WeightStore store(options.cache_dir);
             const auto files = prepare_files(store);
@@ -460,7 +511,8 @@ int main(int argc, char** argv) {
             // Short lifecycle delays so the demo shows them within seconds (production defaults: minutes).
             modelpool::Pool pool(
                 {.io_threads = 1,
-                 .blocking_threads = 2,
+                 .blocking_threads =
+                     4, // the real runtimes load and run there: one slow load holds no other back
                  .memory_limit_mb = 2048,
                  .logger = options.logger,
                  .upscale_delay = 100ms,
@@ -472,7 +524,9 @@ int main(int argc, char** argv) {
                  .on_worker_event = [&](const modelpool::WorkerEvent& e) { workers.on_event(e); }});
             demo::WeightServer server(pool.get_executor(), store);
             modelpool::StopOnSignals on_signals(pool); // Ctrl+C: graceful stop; twice: immediate
-            register_models(pool, server, checks);
+            const Lineup lineup;
+            lineup.print();
+            register_models(lineup, {.pool = pool, .store = store, .files = server}, checks);
 
             Demo d{.pool = pool,
                    .options = options,
@@ -481,6 +535,9 @@ int main(int argc, char** argv) {
                    .server = server,
                    .corpus = files.corpus,
                    .images = files.images,
+                   .pages = files.pages,
+                   .ocr = lineup.vision.name == "tesseract",
+                   .char_level = lineup.text_to_text.name == "char-rnn",
                    .tally = {},
                    .workers = workers};
             demo::run_coroutine(pool.get_executor(),
