@@ -283,7 +283,23 @@ void case_load_and_memory(const std::string& path, std::size_t expected_lines) {
 /// alternate, so both see the same machine.
 void case_latency(const std::string& path, std::size_t expected_lines, std::size_t rounds,
                   bool single_threaded) {
+    const auto l0 = steady::now();
     auto engine = value_or_throw(tesseract_ocr::Engine::load(engine_options(single_threaded)), "load");
+    const auto l1 = steady::now();
+    if (single_threaded) {
+        // How long an Engine takes to load (on the blocking executor) and to go: a worker that stops destroys
+        // its model on its io thread, so this is how long that thread is busy then.
+        value_or_throw(engine.recognize_file(path), "recognize");
+        auto doomed = value_or_throw(tesseract_ocr::Engine::load(), "load");
+        value_or_throw(doomed.recognize_file(path), "recognize");
+        const auto d0 = steady::now();
+        { [[maybe_unused]] const auto gone = std::move(doomed); }
+        const auto d1 = steady::now();
+        add_row(
+            {"(info) one Engine: load, and destruction after a page (on the io thread when a worker stops)",
+             fmt::format("load {:.1f} ms, destruction {:.2f} ms", ms_between(l0, l1), ms_between(d0, d1)),
+             "-", ms_between(d0, d1), true, false});
+    }
     auto pool = make_pool(2);
     spawn_workers(*pool, 1, engine_options(single_threaded));
     std::vector<double> direct, pooled;

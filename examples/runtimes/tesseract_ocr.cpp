@@ -420,7 +420,8 @@ result<Engine> Engine::load(EngineOptions options) {
 result<Page> Engine::recognize_file(const std::string& path) {
     std::error_code ec;
     if (!std::filesystem::is_regular_file(path, ec)) {
-        return fail(errc::invalid_argument, "cannot read image '{}': no such file", path);
+        return fail(errc::invalid_argument, "cannot read image '{}': no such file (or not a regular file)",
+                    path);
     }
     const PixPtr pix(pixRead(path.c_str()));
     if (!pix) {
