@@ -3,7 +3,7 @@
 // fastText sentence embeddings per second through the pool versus direct calls, side by side in one run:
 //
 //   direct  W plain threads, each calling its own FastTextEngine (the same model) in a loop;
-//   pool    a Pool with W text_embedding workers (W blocking threads, one io thread) and C client
+//   pool    a Pool with W text_embedding workers (W io threads, W blocking threads) and C client
 //           coroutines on the pool, each awaiting `pool.embed` (or `pool.batch_embed`) in a loop;
 //
 // for `embed` (one sentence per call) and `batch_embed` (B sentences per call). The goal: pool/direct at
@@ -262,7 +262,7 @@ int run(const Settings& s) {
         return 1;
     }
 
-    modelpool::Pool pool({.io_threads = 1,
+    modelpool::Pool pool({.io_threads = s.workers, // short embeds run inline on the io threads
                           .blocking_threads = s.workers,
                           .memory_limit_mb = s.workers * runtimes::fasttext_per_worker_mb,
                           .queue_capacity = std::max<std::size_t>(1024, s.clients),

@@ -385,7 +385,7 @@ load_fasttext_embedder(asio::thread_pool::executor_type blocking, std::string ur
         if (!engine) {
             return modelpool::unexpected<modelpool::PoolError>(engine.error());
         }
-        return FastTextEmbedder(std::move(*engine));
+        return FastTextEmbedder(std::move(*engine), blocking);
     });
     co_return co_await std::move(load);
 }
