@@ -29,6 +29,8 @@
 #include <spdlog/logger.h>
 #include <spdlog/sinks/null_sink.h>
 
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -52,6 +54,14 @@ using steady = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
 constexpr std::string_view key = "ocr";
+
+/// CPU time (user + system) the process has used so far, in seconds.
+double cpu_seconds() {
+    rusage usage{};
+    getrusage(RUSAGE_SELF, &usage);
+    auto seconds = [](const timeval& t) { return static_cast<double>(t.tv_sec) + t.tv_usec / 1e6; };
+    return seconds(usage.ru_utime) + seconds(usage.ru_stime);
+}
 
 double ms_between(steady::time_point a, steady::time_point b) {
     return std::chrono::duration<double, std::milli>(b - a).count();
@@ -344,6 +354,10 @@ std::unique_ptr<modelpool::Pool> warm_pool(std::size_t workers, bool single_thre
     return pool;
 }
 
+/// Context switches of the threads of `seconds_two_threads` with an Engine each: voluntary ones (waiting,
+/// e.g. on a lock inside the runtime) and involuntary ones (preempted: other work wanted the core).
+std::atomic<long> voluntary_switches{0}, preemptions{0};
+
 /// 2 plain threads (no pool) doing `requests` recognitions between them; the time (s) they take. With one
 /// `engines` entry they share it under a std::mutex (what people write by hand); with two, each thread has
 /// its own (the machine's own scaling: the ceiling for the pool).
@@ -365,8 +379,16 @@ double seconds_two_threads(const std::vector<tesseract_ocr::Engine*>& engines, c
     std::vector<std::future<void>> threads;
     for (std::size_t t = 0; t < 2; ++t) {
         threads.push_back(std::async(std::launch::async, [&, t] {
+            rusage before{};
+            getrusage(RUSAGE_THREAD, &before);
             while (next.fetch_add(1) < requests) {
                 once(*engines[t % engines.size()]);
+            }
+            rusage after{};
+            getrusage(RUSAGE_THREAD, &after);
+            if (engines.size() == 2) {
+                voluntary_switches += after.ru_nvcsw - before.ru_nvcsw;
+                preemptions += after.ru_nivcsw - before.ru_nivcsw;
             }
         }));
     }
@@ -391,6 +413,7 @@ void case_throughput(const std::string& path, std::size_t expected_lines, std::s
     const std::vector<tesseract_ocr::Engine*> one_engine = {&shared}, two_engines = {&shared, &own};
     seconds_two_threads(two_engines, path, expected_lines, 2); // warm
     double s_one = 0, s_two = 0, s_shared = 0, s_openmp = 0, s_plain = 0;
+    double cpu_plain = 0; // CPU seconds the 2 plain threads used: how many cores they really got
     auto seconds = [&](modelpool::Pool& pool) {
         return static_cast<double>(per_round) / pool_throughput(pool, path, per_round, expected_lines);
     };
@@ -399,7 +422,9 @@ void case_throughput(const std::string& path, std::size_t expected_lines, std::s
         s_two += seconds(*two_workers);
         s_shared += seconds_two_threads(one_engine, path, expected_lines, per_round);
         s_openmp += seconds(*two_openmp);
+        const double c0 = cpu_seconds();
         s_plain += seconds_two_threads(two_engines, path, expected_lines, per_round);
+        cpu_plain += cpu_seconds() - c0;
     }
     for (auto* pool : {one_worker.get(), two_workers.get(), two_openmp.get()}) {
         pool->stop();
@@ -416,8 +441,10 @@ void case_throughput(const std::string& path, std::size_t expected_lines, std::s
              two / mutexed, two / mutexed >= 1.8});
     add_row(
         {"(control) 2 plain threads with an Engine each vs 2 threads sharing one: the machine's own scaling",
-         fmt::format("{:.2f} vs {:.2f} requests/s: {:.2f}x (2 pool workers reach {:.0f}% of these 2 threads)",
-                     plain, mutexed, plain / mutexed, 100 * two / plain),
+         fmt::format("{:.2f} vs {:.2f} requests/s: {:.2f}x, using {:.2f} cores (2 pool workers reach {:.0f}% "
+                     "of these 2 threads; {} voluntary context switches, {} preemptions)",
+                     plain, mutexed, plain / mutexed, cpu_plain / s_plain, 100 * two / plain,
+                     voluntary_switches.load(), preemptions.load()),
          "-", plain / mutexed, true, false});
     add_row({"(OpenMP) throughput of 2 workers, Tesseract's OpenMP confined to the calling thread vs default",
              fmt::format("{:.2f} vs {:.2f} requests/s: {:.2f}x", two, openmp, two / openmp), "-",
