@@ -32,7 +32,7 @@ namespace modelpool::http::detail {
 struct server_state : std::enable_shared_from_this<server_state> {
     server_state(Pool& pool_, asio::any_io_executor executor_, ServerOptions options_)
         : pool(pool_), executor(std::move(executor_)), strand(asio::make_strand(executor)),
-          options(std::move(options_)), logger(options.logger ? options.logger.get() : &pool.logger()),
+          options(std::move(options_)), logger(options.logger ? &*options.logger : &pool.logger()),
           acceptor(strand), id_seed(std::random_device{}()),
           created(std::chrono::duration_cast<std::chrono::seconds>(
                       std::chrono::system_clock::now().time_since_epoch())
