@@ -1072,6 +1072,60 @@ TEST_CASE("a blocking model call runs on the blocking executor and does not stal
     CHECK(beats.ticks >= 20);
 }
 
+/// Records where and when its one live instance is destroyed (moved-from copies record nothing).
+template <class Base> struct DestructionProbe : Base {
+    struct Record {
+        std::atomic<int> destroyed{0};
+        std::atomic<bool> on_io_thread{false};
+        std::atomic<std::size_t> allocated_mb_then{0};
+        const MemoryGovernor* governor = nullptr;
+    };
+    std::shared_ptr<Record> record;
+
+    DestructionProbe(Base base, std::shared_ptr<Record> r) : Base(std::move(base)), record(std::move(r)) {}
+    DestructionProbe(DestructionProbe&& other) noexcept = default;
+    DestructionProbe& operator=(DestructionProbe&& other) noexcept = default;
+    ~DestructionProbe() {
+        if (record) {
+            record->on_io_thread = modelpool::detail::on_pool_io_thread();
+            record->allocated_mb_then = record->governor->allocated_mb();
+            ++record->destroyed;
+        }
+    }
+};
+
+TEST_CASE("a model with a blocking operation is destroyed off the io threads, before its memory is released",
+          "[blocking][lifecycle]") {
+    LogCapture log;
+    Pool pool({.io_threads = 1, .blocking_threads = 1, .memory_limit_mb = 4096, .logger = log.logger()});
+    using BlockingProbe = DestructionProbe<BlockingEmbedder>;
+    using CoroProbe = DestructionProbe<CoroEmbedder>;
+    auto blocking = std::make_shared<BlockingProbe::Record>();
+    auto coro = std::make_shared<CoroProbe::Record>();
+    blocking->governor = coro->governor = &pool.governor();
+    // Move-only models made by the loader itself, so that the one live instance is the worker's.
+    auto blocking_loader = [blocking]() -> asio::awaitable<result<BlockingProbe>> {
+        co_return BlockingProbe(BlockingEmbedder{1, nullptr, 0ms}, blocking);
+    };
+    auto coro_loader = [coro]() -> asio::awaitable<result<CoroProbe>> {
+        co_return CoroProbe(CoroEmbedder{2, nullptr, nullptr}, coro);
+    };
+    REQUIRE(pool.spawn_text_embedding_worker("blocking", blocking_loader, 3, guard_for(pool, "blocking", 3)));
+    REQUIRE(pool.spawn_text_embedding_worker("coro", coro_loader, 5, guard_for(pool, "coro", 5)));
+    REQUIRE(get(pool.embed("blocking", "x", asio::use_future)).has_value());
+    REQUIRE(get(pool.embed("coro", "x", asio::use_future)).has_value());
+    CHECK(blocking->destroyed == 0);
+
+    pool.stop(); // the workers finish while the io thread still runs
+    CHECK(blocking->destroyed == 1);
+    CHECK_FALSE(blocking->on_io_thread); // a runtime's teardown may take milliseconds: never on an io thread
+    CHECK(blocking->allocated_mb_then >= 3); // its memory was still reserved while it was being destroyed
+    CHECK(coro->destroyed == 1);
+    CHECK(coro->on_io_thread); // a coroutine-only model promised not to block: destroyed in place
+    CHECK(coro->allocated_mb_then >= 5);
+    CHECK(pool.governor().allocated_mb() == 0);
+}
+
 // ===========================================================================================================
 // [errors]
 

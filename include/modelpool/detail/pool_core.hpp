@@ -15,6 +15,7 @@
 
 #include <spdlog/logger.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -43,7 +44,10 @@ struct pool_core {
     const PoolOptions* options = nullptr;     ///< The pool's validated options (owned by the pool).
     asio::any_io_executor io;                 ///< The pool's io_context.
     call_env env;                             ///< Where blocking model calls run.
-    std::uint64_t seed = 0;                   ///< Base of the per-key jitter seeds.
+    /// Set by stop once the io threads are joined: the stopping thread then runs what is left of the workers
+    /// itself, so a worker destroys its model in place instead of on the blocking executor.
+    std::atomic<bool> io_threads_joined{false};
+    std::uint64_t seed = 0; ///< Base of the per-key jitter seeds.
 
     /// Evicts idle workers of registered keys other than `except`, least recently used first, when together
     /// they free at least `needed_mb`; returns the MB they will release (0 when they could not free enough,

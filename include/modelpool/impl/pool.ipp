@@ -231,6 +231,7 @@ MODELPOOL_DECL void Pool::finish_stop() {
     }
     // No io thread runs now: this thread finishes the io_context's work single-threaded, so emitting the
     // workers' cancellation signals cannot race with their coroutines.
+    core_->io_threads_joined.store(true, std::memory_order_release);
     detail::running_pool = this;
     io_->restart();
     // Held until the io_context's work is done: co_spawn forwards a cancellation by posting, and the
