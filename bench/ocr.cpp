@@ -9,7 +9,7 @@
 //   | OCR throughput, 2 workers vs 2 threads sharing one instance       | >= 1.8x                    |
 //   |   behind a std::mutex (what people write by hand)                 |                            |
 //   | 1 ms heartbeat on the only io thread while 4 workers load         | p99 lateness < 2 ms        |
-//   | RSS growth per worker vs tesseract_ocr::per_worker_mb             | within 20%                 |
+//   | RSS growth per worker vs runtimes::tesseract_ocr::per_worker_mb             | within 20% |
 // and, for the OpenMP decision (EngineOptions::single_threaded), without a goal: throughput of 2 workers and
 // the 1-client latency with Tesseract's OpenMP regions confined to the calling thread vs left at its default
 // (up to 4 threads per region).
@@ -119,8 +119,8 @@ void add_row(Row row) {
 }
 
 /// Default engine options with `single_threaded` as given.
-tesseract_ocr::EngineOptions engine_options(bool single_threaded) {
-    tesseract_ocr::EngineOptions options;
+runtimes::tesseract_ocr::EngineOptions engine_options(bool single_threaded) {
+    runtimes::tesseract_ocr::EngineOptions options;
     options.single_threaded = single_threaded;
     return options;
 }
@@ -131,19 +131,21 @@ std::unique_ptr<modelpool::Pool> make_pool(std::size_t blocking) {
     return std::make_unique<modelpool::Pool>(modelpool::PoolOptions{
         .io_threads = 1,
         .blocking_threads = blocking,
-        .memory_limit_mb = 16 * tesseract_ocr::per_worker_mb,
+        .memory_limit_mb = 16 * runtimes::tesseract_ocr::per_worker_mb,
         .logger = logger,
     });
 }
 
 /// Spawns `n` OCR workers under `key` and waits until they serve.
-void spawn_workers(modelpool::Pool& pool, std::size_t n, tesseract_ocr::EngineOptions options = {}) {
+void spawn_workers(modelpool::Pool& pool, std::size_t n,
+                   runtimes::tesseract_ocr::EngineOptions options = {}) {
     for (std::size_t i = 0; i < n; ++i) {
-        auto guard =
-            value_or_throw(pool.governor().try_allocate(tesseract_ocr::per_worker_mb, key), "reserve");
-        value_or_throw(pool.spawn_vision_worker(key, tesseract_ocr::loader(pool.blocking_executor(), options),
-                                                tesseract_ocr::per_worker_mb, std::move(guard)),
-                       "spawn");
+        auto guard = value_or_throw(pool.governor().try_allocate(runtimes::tesseract_ocr::per_worker_mb, key),
+                                    "reserve");
+        value_or_throw(
+            pool.spawn_vision_worker(key, runtimes::tesseract_ocr::loader(pool.blocking_executor(), options),
+                                     runtimes::tesseract_ocr::per_worker_mb, std::move(guard)),
+            "spawn");
     }
     for (;;) {
         const auto snapshot = pool.snapshot(key);
@@ -267,13 +269,13 @@ void case_load_and_memory(const std::string& path, std::size_t expected_lines) {
     pool_throughput(*pool, path, workers, expected_lines);
     const double rss_warm = rss_mb();
     const double per_worker = (rss_warm - rss_before) / static_cast<double>(workers);
-    const double ratio = per_worker / static_cast<double>(tesseract_ocr::per_worker_mb);
+    const double ratio = per_worker / static_cast<double>(runtimes::tesseract_ocr::per_worker_mb);
     add_row(
         {"RSS growth per Tesseract worker vs per_worker_mb",
          fmt::format("{:.1f} MB per worker after a page each ({:.1f} MB after loading only; RSS {:.0f} -> "
                      "{:.0f} -> {:.0f} MB) vs per_worker_mb {}: {:.2f}x",
                      per_worker, (rss_loaded - rss_before) / workers, rss_before, rss_loaded, rss_warm,
-                     tesseract_ocr::per_worker_mb, ratio),
+                     runtimes::tesseract_ocr::per_worker_mb, ratio),
          "within 20%", ratio, ratio >= 0.8 && ratio <= 1.2});
     pool->stop();
 
@@ -294,13 +296,14 @@ void case_load_and_memory(const std::string& path, std::size_t expected_lines) {
 void case_latency(const std::string& path, std::size_t expected_lines, std::size_t rounds,
                   bool single_threaded) {
     const auto l0 = steady::now();
-    auto engine = value_or_throw(tesseract_ocr::Engine::load(engine_options(single_threaded)), "load");
+    auto engine =
+        value_or_throw(runtimes::tesseract_ocr::Engine::load(engine_options(single_threaded)), "load");
     const auto l1 = steady::now();
     if (single_threaded) {
         // How long an Engine takes to load (on the blocking executor) and to go: a worker that stops destroys
         // its model on its io thread, so this is how long that thread is busy then.
         value_or_throw(engine.recognize_file(path), "recognize");
-        auto doomed = value_or_throw(tesseract_ocr::Engine::load(), "load");
+        auto doomed = value_or_throw(runtimes::tesseract_ocr::Engine::load(), "load");
         value_or_throw(doomed.recognize_file(path), "recognize");
         const auto d0 = steady::now();
         { [[maybe_unused]] const auto gone = std::move(doomed); }
@@ -316,7 +319,8 @@ void case_latency(const std::string& path, std::size_t expected_lines, std::size
     for (std::size_t i = 0; i < rounds + 1; ++i) {
         auto t0 = steady::now();
         const auto page = value_or_throw(engine.recognize_file(path), "recognize");
-        const auto chunks = tesseract_ocr::format_chunks(page, tesseract_ocr::Mode::lines);
+        const auto chunks =
+            runtimes::tesseract_ocr::format_chunks(page, runtimes::tesseract_ocr::Mode::lines);
         auto t1 = steady::now();
         const auto lines = ocr_through_pool(*pool, path);
         auto t2 = steady::now();
@@ -361,16 +365,17 @@ std::atomic<long> voluntary_switches{0}, preemptions{0};
 /// 2 plain threads (no pool) doing `requests` recognitions between them; the time (s) they take. With one
 /// `engines` entry they share it under a std::mutex (what people write by hand); with two, each thread has
 /// its own (the machine's own scaling: the ceiling for the pool).
-double seconds_two_threads(const std::vector<tesseract_ocr::Engine*>& engines, const std::string& path,
-                           std::size_t expected_lines, std::size_t requests) {
+double seconds_two_threads(const std::vector<runtimes::tesseract_ocr::Engine*>& engines,
+                           const std::string& path, std::size_t expected_lines, std::size_t requests) {
     std::mutex mutex;
-    auto once = [&](tesseract_ocr::Engine& engine) {
+    auto once = [&](runtimes::tesseract_ocr::Engine& engine) {
         std::unique_lock lock(mutex, std::defer_lock);
         if (engines.size() == 1) {
             lock.lock();
         }
         const auto page = value_or_throw(engine.recognize_file(path), "recognize");
-        if (tesseract_ocr::format_chunks(page, tesseract_ocr::Mode::lines).size() != expected_lines) {
+        if (runtimes::tesseract_ocr::format_chunks(page, runtimes::tesseract_ocr::Mode::lines).size() !=
+            expected_lines) {
             throw std::runtime_error("OCR read the wrong number of lines");
         }
     };
@@ -408,9 +413,9 @@ void case_throughput(const std::string& path, std::size_t expected_lines, std::s
     auto one_worker = warm_pool(1, true, path, expected_lines);
     auto two_workers = warm_pool(2, true, path, expected_lines);
     auto two_openmp = warm_pool(2, false, path, expected_lines);
-    auto shared = value_or_throw(tesseract_ocr::Engine::load(), "load");
-    auto own = value_or_throw(tesseract_ocr::Engine::load(), "load");
-    const std::vector<tesseract_ocr::Engine*> one_engine = {&shared}, two_engines = {&shared, &own};
+    auto shared = value_or_throw(runtimes::tesseract_ocr::Engine::load(), "load");
+    auto own = value_or_throw(runtimes::tesseract_ocr::Engine::load(), "load");
+    const std::vector<runtimes::tesseract_ocr::Engine*> one_engine = {&shared}, two_engines = {&shared, &own};
     seconds_two_threads(two_engines, path, expected_lines, 2); // warm
     double s_one = 0, s_two = 0, s_shared = 0, s_openmp = 0, s_plain = 0;
     double cpu_plain = 0; // CPU seconds the 2 plain threads used: how many cores they really got
@@ -492,7 +497,7 @@ int main(int argc, char** argv) {
         const std::vector<std::string> text = {"A Hare one day ridiculed the short feet",
                                                "and slow pace of the Tortoise.",
                                                "Slow but steady wins the race."};
-        const auto png = value_or_throw(tesseract_ocr::render_text_png(text), "rendering the page");
+        const auto png = value_or_throw(runtimes::tesseract_ocr::render_text_png(text), "rendering the page");
         std::filesystem::create_directories(dir);
         const auto path = (dir / "ocr-bench-page.png").string();
         std::ofstream(path, std::ios::binary) << png;

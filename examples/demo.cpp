@@ -409,7 +409,7 @@ std::vector<std::string> prepare_pages([[maybe_unused]] const demo::WeightStore&
             at = end + 1;
         }
         auto path = store.ensure(fmt::format("demo-page-{}.png", i), [&] {
-            auto png = tesseract_ocr::render_text_png(lines);
+            auto png = runtimes::tesseract_ocr::render_text_png(lines);
             if (!png) {
                 throw std::runtime_error(png.error().to_string());
             }

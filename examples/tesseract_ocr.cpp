@@ -148,7 +148,7 @@ void expect_invalid(demo::Checks& checks, const result<T>& outcome, std::string_
 }
 
 int run(const demo::ExampleOptions& options, demo::Checks& checks) {
-    using tesseract_ocr::per_worker_mb;
+    using runtimes::tesseract_ocr::per_worker_mb;
     demo::WeightStore store(options.cache_dir);
 
     // The images, rendered afresh on every run (so the file, the data: URL and the http:// URL hold the same
@@ -160,7 +160,7 @@ int run(const demo::ExampleOptions& options, demo::Checks& checks) {
     };
     std::vector<Image> images;
     for (auto& sample : samples()) {
-        auto png = tesseract_ocr::render_text_png(sample.lines);
+        auto png = runtimes::tesseract_ocr::render_text_png(sample.lines);
         if (!png) {
             throw std::runtime_error(png.error().to_string());
         }
@@ -179,7 +179,7 @@ int run(const demo::ExampleOptions& options, demo::Checks& checks) {
                           .logger = options.logger,
                           .load_retries = 0});
     demo::WeightServer server(pool.get_executor(), store);
-    const auto loader = tesseract_ocr::loader(pool.blocking_executor());
+    const auto loader = runtimes::tesseract_ocr::loader(pool.blocking_executor());
     for (int i = 0; i < 2; ++i) {
         if (!demo::reserve_and_spawn(pool, checks, key, per_worker_mb, [&](modelpool::AllocationGuard guard) {
                 return pool.spawn_vision_worker(key, loader, per_worker_mb, std::move(guard));
@@ -189,7 +189,8 @@ int run(const demo::ExampleOptions& options, demo::Checks& checks) {
     }
     const auto no_data_dir = (store.dir() / "no-tessdata").string();
     checks.ok(pool.register_vision_model(
-                  missing_key, tesseract_ocr::loader(pool.blocking_executor(), {.tessdata_dir = no_data_dir}),
+                  missing_key,
+                  runtimes::tesseract_ocr::loader(pool.blocking_executor(), {.tessdata_dir = no_data_dir}),
                   {.per_worker_mb = per_worker_mb, .min_workers = 0, .max_workers = 1}),
               "registering the model without language data");
 

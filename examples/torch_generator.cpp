@@ -1,12 +1,12 @@
 // modelpool example: text_to_text with a real network on libtorch, a character-level GRU that learned Aesop's
 // Fables (scripts/train_char_rnn.py; the TorchScript file examples/data/char_rnn.pt).
 //
-// Shows: a worker spawned with `demo::char_rnn_loader`, whose blocking torch::jit::load runs on the pool's
-// blocking executor (`modelpool::offload`), never on an io thread; the model's BLOCKING `prompt` member,
-// which the pool runs on that executor and which streams one chunk per sampled character with
+// Shows: a worker spawned with `runtimes::char_rnn_loader`, whose blocking torch::jit::load runs on the
+// pool's blocking executor (`modelpool::offload`), never on an io thread; the model's BLOCKING `prompt`
+// member, which the pool runs on that executor and which streams one chunk per sampled character with
 // `send_blocking`; generation parameters (max_tokens in characters, temperature, top_p, seed, stop
 // sequences); a reader that leaves early; clear errors for a missing or corrupt model file and for bad
-// parameters; the RSS a loaded worker costs (how `demo::char_rnn_per_worker_mb` was chosen).
+// parameters; the RSS a loaded worker costs (how `runtimes::char_rnn_per_worker_mb` was chosen).
 //
 // `--smoke` checks the output: a seed gives the same text twice (coroutine and future styles) and another
 // seed another text; without a stop sequence the text is exactly max_tokens characters of the vocabulary and
@@ -197,7 +197,7 @@ int main(int argc, char** argv) {
                                   .stream_capacity = stream_capacity,
                                   .logger = options.logger,
                                   .load_retries = 0}); // a bad file stays bad: fail its requests at once
-            auto counters = std::make_shared<demo::CharRnnCounters>();
+            auto counters = std::make_shared<runtimes::CharRnnCounters>();
 
             // The vocabulary, from an engine loaded on main's thread (blocking is fine here) and freed again.
             // It also pays libtorch's one-time process-wide setup, so that the RSS growth measured next is
@@ -205,7 +205,7 @@ int main(int argc, char** argv) {
             const double rss_start = rss_mb();
             std::string vocab;
             {
-                auto probe = demo::CharRnnEngine::load(path);
+                auto probe = runtimes::CharRnnEngine::load(path);
                 if (!checks.ok(probe, "loading the model on main's thread")) {
                     return;
                 }
@@ -214,11 +214,12 @@ int main(int argc, char** argv) {
             const double rss_before = rss_mb();
 
             // One worker, spawned: returns at once; torch::jit::load runs on the blocking executor meanwhile.
-            const auto loader = demo::char_rnn_loader(pool.blocking_executor(), path, counters);
-            if (!demo::reserve_and_spawn(pool, checks, key, demo::char_rnn_per_worker_mb,
+            const auto loader = runtimes::char_rnn_loader(pool.blocking_executor(), path, counters);
+            if (!demo::reserve_and_spawn(pool, checks, key, runtimes::char_rnn_per_worker_mb,
                                          [&](modelpool::AllocationGuard guard) {
                                              return pool.spawn_text_to_text_worker(
-                                                 key, loader, demo::char_rnn_per_worker_mb, std::move(guard));
+                                                 key, loader, runtimes::char_rnn_per_worker_mb,
+                                                 std::move(guard));
                                          })) {
                 return;
             }
@@ -303,8 +304,8 @@ int main(int argc, char** argv) {
             for (const auto& bad : {missing, corrupt}) {
                 const auto bad_key = bad.stem().string();
                 checks.ok(pool.register_text_to_text_model(
-                              bad_key, demo::char_rnn_loader(pool.blocking_executor(), bad),
-                              {.per_worker_mb = demo::char_rnn_per_worker_mb, .max_workers = 1}),
+                              bad_key, runtimes::char_rnn_loader(pool.blocking_executor(), bad),
+                              {.per_worker_mb = runtimes::char_rnn_per_worker_mb, .max_workers = 1}),
                           "registering a bad model");
                 const auto failed =
                     demo::run_coroutine(pool.get_executor(), generate(pool, bad_key, "x", {}));
@@ -315,12 +316,12 @@ int main(int argc, char** argv) {
             }
 
             // Memory: a second loaded worker (another key, so the one above keeps serving alone).
-            if (demo::reserve_and_spawn(pool, checks, "char-rnn-2", demo::char_rnn_per_worker_mb,
+            if (demo::reserve_and_spawn(pool, checks, "char-rnn-2", runtimes::char_rnn_per_worker_mb,
                                         [&](modelpool::AllocationGuard guard) {
                                             return pool.spawn_text_to_text_worker(
                                                 "char-rnn-2",
-                                                demo::char_rnn_loader(pool.blocking_executor(), path),
-                                                demo::char_rnn_per_worker_mb, std::move(guard));
+                                                runtimes::char_rnn_loader(pool.blocking_executor(), path),
+                                                runtimes::char_rnn_per_worker_mb, std::move(guard));
                                         })) {
                 const auto second =
                     demo::run_coroutine(pool.get_executor(), generate(pool, "char-rnn-2", "The Fox", seeded));
@@ -332,7 +333,7 @@ int main(int argc, char** argv) {
             // A prompt longer than the network reads (char_rnn_max_context): its tail is used, in bounded
             // time and memory (the peak RSS shows the transient activations of a full-context pass).
             std::string long_prompt;
-            while (long_prompt.size() < 3 * demo::char_rnn_max_context) {
+            while (long_prompt.size() < 3 * runtimes::char_rnn_max_context) {
                 long_prompt += "The Fox and the Grapes. ";
             }
             const double peak_before = peak_rss_mb();
@@ -344,7 +345,7 @@ int main(int argc, char** argv) {
                        "+{:.1f} MB for a second one; peak +{:.1f} MB during a {}-character prompt; "
                        "per_worker_mb = {}\n",
                        rss_start, rss_before - rss_start, rss_one - rss_before, rss_two - rss_one,
-                       peak_after - peak_before, long_prompt.size(), demo::char_rnn_per_worker_mb);
+                       peak_after - peak_before, long_prompt.size(), runtimes::char_rnn_per_worker_mb);
 
             if (!options.smoke) { // a little more: the same prompt at three temperatures
                 for (double temperature : {0.3, 0.7, 1.2}) {

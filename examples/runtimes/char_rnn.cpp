@@ -21,7 +21,7 @@
 #include <utility>
 #include <vector>
 
-namespace demo {
+namespace runtimes {
 
 namespace {
 
@@ -297,4 +297,4 @@ load_char_rnn(modelpool::asio::thread_pool::executor_type blocking, std::filesys
     co_return CharRnnGenerator(std::move(*engine), std::move(counters));
 }
 
-} // namespace demo
+} // namespace runtimes

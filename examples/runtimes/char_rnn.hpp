@@ -27,7 +27,7 @@
 #include <string>
 #include <string_view>
 
-namespace demo {
+namespace runtimes {
 
 /// Memory to reserve per loaded worker, in MB (`per_worker_mb`). Measured with examples/torch_generator.cpp,
 /// which prints the RSS growth (Release, libtorch 1.13.1): a loaded worker adds 2-3.5 MB (its own copy of the
@@ -147,4 +147,4 @@ inline auto char_rnn_loader(modelpool::asio::thread_pool::executor_type blocking
     };
 }
 
-} // namespace demo
+} // namespace runtimes

@@ -22,7 +22,7 @@
 #include <system_error>
 #include <utility>
 
-namespace tesseract_ocr {
+namespace runtimes::tesseract_ocr {
 
 namespace {
 
@@ -534,4 +534,4 @@ asio::awaitable<result<OcrModel>> load_model(asio::any_io_executor blocking, Eng
     co_return OcrModel(std::move(*engine), std::move(blocking));
 }
 
-} // namespace tesseract_ocr
+} // namespace runtimes::tesseract_ocr

@@ -37,7 +37,7 @@
 #include <string_view>
 #include <vector>
 
-namespace tesseract_ocr {
+namespace runtimes::tesseract_ocr {
 
 namespace asio = modelpool::asio;
 using modelpool::result;
@@ -225,4 +225,4 @@ inline auto loader(asio::any_io_executor blocking, EngineOptions options = {}) {
     };
 }
 
-} // namespace tesseract_ocr
+} // namespace runtimes::tesseract_ocr

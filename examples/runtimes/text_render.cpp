@@ -13,7 +13,7 @@
 #include <memory>
 #include <system_error>
 
-namespace tesseract_ocr {
+namespace runtimes::tesseract_ocr {
 
 namespace {
 
@@ -174,4 +174,4 @@ result<std::string> render_text_png(const std::vector<std::string>& lines, const
     return png;
 }
 
-} // namespace tesseract_ocr
+} // namespace runtimes::tesseract_ocr

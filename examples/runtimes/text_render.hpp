@@ -12,7 +12,7 @@
 #include <string_view>
 #include <vector>
 
-namespace tesseract_ocr {
+namespace runtimes::tesseract_ocr {
 
 /// Debian's DejaVu Sans (package fonts-dejavu-core).
 inline constexpr std::string_view default_font = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
@@ -30,4 +30,4 @@ struct RenderOptions {
 modelpool::result<std::string> render_text_png(const std::vector<std::string>& lines,
                                                const RenderOptions& options = {});
 
-} // namespace tesseract_ocr
+} // namespace runtimes::tesseract_ocr

@@ -137,24 +137,26 @@ inline std::vector<BuiltinModel> builtin_models() {
                       }});
 #endif
 #if defined(MODELPOOL_HAVE_TORCH)
-    models.push_back({"char-rnn", "text_to_text",
-                      "a character-level GRU on libtorch 1.13, trained on Aesop's Fables (real runtime)",
-                      true, char_rnn_per_worker_mb,
-                      [=](const BuiltinContext& c, std::string_view key, ModelOptions o) {
-                          return c.pool.register_text_to_text_model(
-                              key,
-                              char_rnn_loader(c.pool.blocking_executor(),
-                                              std::string(MODELPOOL_EXAMPLES_DATA_DIR) + "/char_rnn.pt"),
-                              sized(o, char_rnn_per_worker_mb));
-                      }});
+    models.push_back(
+        {"char-rnn", "text_to_text",
+         "a character-level GRU on libtorch 1.13, trained on Aesop's Fables (real runtime)", true,
+         runtimes::char_rnn_per_worker_mb,
+         [=](const BuiltinContext& c, std::string_view key, ModelOptions o) {
+             return c.pool.register_text_to_text_model(
+                 key,
+                 runtimes::char_rnn_loader(c.pool.blocking_executor(),
+                                           std::string(MODELPOOL_EXAMPLES_DATA_DIR) + "/char_rnn.pt"),
+                 sized(o, runtimes::char_rnn_per_worker_mb));
+         }});
 #endif
 #if defined(MODELPOOL_HAVE_TESSERACT)
-    models.push_back(
-        {"tesseract", "vision", "Tesseract 5 OCR, English LSTM model (real runtime)", true,
-         tesseract_ocr::per_worker_mb, [=](const BuiltinContext& c, std::string_view key, ModelOptions o) {
-             return c.pool.register_vision_model(key, tesseract_ocr::loader(c.pool.blocking_executor()),
-                                                 sized(o, tesseract_ocr::per_worker_mb));
-         }});
+    models.push_back({"tesseract", "vision", "Tesseract 5 OCR, English LSTM model (real runtime)", true,
+                      runtimes::tesseract_ocr::per_worker_mb,
+                      [=](const BuiltinContext& c, std::string_view key, ModelOptions o) {
+                          return c.pool.register_vision_model(
+                              key, runtimes::tesseract_ocr::loader(c.pool.blocking_executor()),
+                              sized(o, runtimes::tesseract_ocr::per_worker_mb));
+                      }});
 #endif
     return models;
 }
