@@ -75,6 +75,7 @@ struct Settings {
     bool quick = false;
     std::string json;
     std::size_t workers = 2;
+    std::size_t io_threads = 0; ///< 0: one per worker.
     std::size_t clients = 8;
     std::size_t batch = 32;
     double seconds = 3.0;
@@ -220,6 +221,8 @@ bool parse(int argc, char** argv, Settings& s) {
             s.json = argv[++i];
         } else if (arg == "--workers" && has_value) {
             s.workers = std::strtoul(argv[++i], nullptr, 10);
+        } else if (arg == "--io-threads" && has_value) {
+            s.io_threads = std::strtoul(argv[++i], nullptr, 10);
         } else if (arg == "--clients" && has_value) {
             s.clients = std::strtoul(argv[++i], nullptr, 10);
         } else if (arg == "--batch" && has_value) {
@@ -262,12 +265,13 @@ int run(const Settings& s) {
         return 1;
     }
 
-    modelpool::Pool pool({.io_threads = s.workers, // short embeds run inline on the io threads
-                          .blocking_threads = s.workers,
-                          .memory_limit_mb = s.workers * runtimes::fasttext_per_worker_mb,
-                          .queue_capacity = std::max<std::size_t>(1024, s.clients),
-                          .logger = std::make_shared<spdlog::logger>(
-                              "fasttext-bench", std::make_shared<spdlog::sinks::null_sink_mt>())});
+    modelpool::Pool pool(
+        {.io_threads = s.io_threads != 0 ? s.io_threads : s.workers, // short embeds run inline
+         .blocking_threads = s.workers,
+         .memory_limit_mb = s.workers * runtimes::fasttext_per_worker_mb,
+         .queue_capacity = std::max<std::size_t>(1024, s.clients),
+         .logger = std::make_shared<spdlog::logger>("fasttext-bench",
+                                                    std::make_shared<spdlog::sinks::null_sink_mt>())});
     demo::WeightServer server(pool.get_executor(), store);
     for (std::size_t i = 0; i < s.workers; ++i) {
         auto guard = pool.governor().try_allocate(runtimes::fasttext_per_worker_mb, key);
