@@ -4,6 +4,7 @@
 // headers. See tesseract_ocr.hpp for what each part does.
 #include "runtimes/tesseract_ocr.hpp"
 
+#include "models/image.hpp"         // demo::base64_decode
 #include "support/weight_store.hpp" // demo::http_get
 
 #include <leptonica/allheaders.h>
@@ -273,42 +274,12 @@ result<std::string> decode_data_url(std::string_view url) {
         return fail(errc::invalid_argument, "data URL '{}' has media type '{}', expected image/...",
                     shorten(url), shorten(media_type));
     }
-    std::string out;
-    out.reserve((url.size() - comma) / 4 * 3);
-    std::uint32_t bits = 0;
-    int count = 0;
-    bool padded = false;
-    for (const char ch : url.substr(comma + marker.size())) {
-        int v = -1;
-        if (ch >= 'A' && ch <= 'Z') {
-            v = ch - 'A';
-        } else if (ch >= 'a' && ch <= 'z') {
-            v = ch - 'a' + 26;
-        } else if (ch >= '0' && ch <= '9') {
-            v = ch - '0' + 52;
-        } else if (ch == '+' || ch == '-') {
-            v = 62;
-        } else if (ch == '/' || ch == '_') {
-            v = 63;
-        } else if (ch == '=') {
-            padded = true;
-            continue;
-        }
-        if (v < 0 || padded) {
-            return fail(errc::invalid_argument, "data URL '{}' has invalid base64 (character '{}')",
-                        shorten(url), ch);
-        }
-        bits = (bits << 6) | static_cast<std::uint32_t>(v);
-        count += 6;
-        if (count >= 8) {
-            count -= 8;
-            out += static_cast<char>((bits >> count) & 0xFF);
-        }
+    auto bytes = demo::base64_decode(url.substr(comma + marker.size()));
+    if (!bytes) {
+        return fail(errc::invalid_argument, "data URL '{}' has invalid base64: {}", shorten(url),
+                    bytes.error().message());
     }
-    if (count >= 6) {
-        return fail(errc::invalid_argument, "data URL '{}' has truncated base64", shorten(url));
-    }
-    return out;
+    return bytes;
 }
 
 // ---- Engine ----------------------------------------------------------------------------------------------
