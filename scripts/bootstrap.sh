@@ -10,7 +10,17 @@ packages=(cmake ninja-build g++ libboost1.81-dev libfmt-dev libspdlog-dev catch2
     libfasttext-dev                                                      # text_embedding: fastText
     libtorch-dev                                                         # text_to_text: a char-level RNN
     libboost-json1.81-dev                                                # modelpool::http (Boost.JSON)
+    # The HTTP server's tests and benchmarks: nginx (replicas, the benchmark baseline), wrk (load), PyYAML (the
+    # deploy/ manifests' check), curl (the README's curl lines).
+    nginx wrk python3-yaml curl
     "$@")
+
+# Node.js and npm run the official `openai` client's test (tests/openai/). A machine that already has them (for
+# example from NodeSource, whose nodejs package ships npm and conflicts with Debian's npm) keeps its own; only
+# when a command is missing are Debian's packages installed.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    packages+=(nodejs npm)
+fi
 
 say() { printf 'bootstrap: %s\n' "$*"; }
 die() {
