@@ -190,7 +190,8 @@ template <class Pred> bool eventually(Pred pred, std::chrono::milliseconds timeo
 /// A pool with one model per capability (one worker each) and a server for it. `own_io`: the server runs on
 /// an io_context of its own (as an application's would) instead of the pool's.
 struct Harness {
-    explicit Harness(PoolOptions options, bool own_io = false) {
+    explicit Harness(PoolOptions options, bool own_io = false,
+                     mhttp::Limits limits = {.body_bytes = 4096, .max_tokens = 1'000'000}) {
         options.logger = log.logger();
         pool = std::make_unique<Pool>(std::move(options));
         const ModelOptions one{.per_worker_mb = 1, .min_workers = 1, .max_workers = 1};
@@ -215,7 +216,7 @@ struct Harness {
                                                        {.name = "painter", .key = "paint"},
                                                        {.name = "broken", .key = "broken"},
                                                        {.name = "ghost", .key = "nobody"}},
-                                            .limits = {.body_bytes = 4096, .max_tokens = 1'000'000},
+                                            .limits = limits,
                                             .logger = log.logger()};
         if (own_io) {
             io_thread = std::thread([this] { io.run(); });
@@ -841,6 +842,27 @@ TEST_CASE("A client that disconnects cancels its request", "[http]") {
         CHECK(h.chat_probe->produced.load() < 1'000'000);
         REQUIRE(eventually([&] { return h.server->in_flight() == 0; }));
     }
+}
+
+TEST_CASE("A client that stops reading a stream holds its model back, then is disconnected", "[http]") {
+    // Backpressure: the server writes each event before it takes the next chunk from the pool's bounded stream,
+    // so a reader that stops reading stops the model once the socket buffers and the stream are full, and
+    // nothing is buffered without bound. The write timeout then closes the connection and stops the model.
+    Harness h(default_pool_options(), false,
+              {.body_bytes = 4096, .write_timeout = 300ms, .max_tokens = 1'000'000});
+    const std::string prompt(2000, 'w'); // each event carries ~2 KB: the socket buffers hold a few thousand
+    Client reader(h.port);
+    reader.send(bhttp::verb::post, "/v1/completions",
+                R"({"model":"chat","max_tokens":200000,"stream":true,"prompt":")" + prompt + "\"}");
+    reader.read_header_and_some(); // ...and nothing more
+    REQUIRE(h.chat_probe->stopped.wait_for(1));
+    // Loopback socket buffers are at most a few MB here (net.ipv4.tcp_wmem/tcp_rmem maxima): a few thousand
+    // events, plus the pool's stream capacity (16). Without backpressure the model would produce all 200,000.
+    INFO("chunks produced: " << h.chat_probe->produced.load());
+    CHECK(h.chat_probe->produced.load() < 20'000);
+    REQUIRE(eventually([&] { return h.server->in_flight() == 0; }));
+    // A reader that does not read within the write timeout counts as gone: logged as 499, like a disconnect.
+    CHECK(h.log.count("info", {"/v1/completions", "status=499"}) == 1);
 }
 
 // ---- drain
