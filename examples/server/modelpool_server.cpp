@@ -64,7 +64,8 @@ void print_usage(const char* program, const std::vector<demo::BuiltinModel>& bui
         "          [--cache-dir DIR] [--check-config] [--help]\n"
         "  --config FILE      the models and knobs (JSON; see examples/server/configs/); without it the\n"
         "                     five demo models are served\n"
-        "  --host ADDR        address to listen on (default 127.0.0.1; 0.0.0.0 exposes the server to the network)\n"
+        "  --host ADDR        address to listen on (default 127.0.0.1; 0.0.0.0 exposes the server to the "
+        "network)\n"
         "  --port N           port to listen on (default 8000; 0 picks a free one)\n"
         "  --io-threads N     threads of the pool's io_context (default 2)\n"
         "  --log-level LEVEL  trace, debug, info, warn, error or off (default info: one line per request)\n"
@@ -99,7 +100,8 @@ modelpool::result<CommandLine> parse_command_line(int argc, char** argv) {
             continue;
         }
         if (i + 1 >= argc) {
-            return modelpool::fail(modelpool::errc::invalid_argument, "unknown or incomplete argument '{}'", arg);
+            return modelpool::fail(modelpool::errc::invalid_argument, "unknown or incomplete argument '{}'",
+                                   arg);
         }
         const std::string_view value = argv[++i];
         if (arg == "--config") {
@@ -112,8 +114,8 @@ modelpool::result<CommandLine> parse_command_line(int argc, char** argv) {
             line.cache_dir = std::string(value);
         } else if (arg == "--port") {
             if (!parse_number(value, line.port.emplace())) {
-                return modelpool::fail(modelpool::errc::invalid_argument, "--port must be 0 to 65535 (got '{}')",
-                                       value);
+                return modelpool::fail(modelpool::errc::invalid_argument,
+                                       "--port must be 0 to 65535 (got '{}')", value);
             }
         } else if (arg == "--io-threads") {
             if (!parse_number(value, line.io_threads.emplace())) {
@@ -177,13 +179,13 @@ modelpool::result<server::ServerConfig> load_config(const CommandLine& line,
                 known += fmt::format("{}{}", known.empty() ? "" : ", ", b.name);
             }
             return modelpool::fail(modelpool::errc::invalid_argument,
-                                   "models[{}].builtin: no built-in model \"{}\" in this build (known: {})", i,
-                                   m.builtin, known);
+                                   "models[{}].builtin: no built-in model \"{}\" in this build (known: {})",
+                                   i, m.builtin, known);
         }
         if (!m.capability.empty() && m.capability != builtin->capability) {
             return modelpool::fail(modelpool::errc::invalid_argument,
-                                   "models[{}].capability is \"{}\" but built-in model \"{}\" serves \"{}\"", i,
-                                   m.capability, m.builtin, builtin->capability);
+                                   "models[{}].capability is \"{}\" but built-in model \"{}\" serves \"{}\"",
+                                   i, m.capability, m.builtin, builtin->capability);
         }
         m.capability = std::string(builtin->capability);
         if (m.key.empty()) {
@@ -234,7 +236,8 @@ int serve(const server::ServerConfig& config, const std::vector<demo::BuiltinMod
     modelpool::http::Server server(pool, http_options);
     const auto port = server.listen();
     if (!port) {
-        logger->error("cannot listen on {}:{}: {}", config.http.host, config.http.port, port.error().to_string());
+        logger->error("cannot listen on {}:{}: {}", config.http.host, config.http.port,
+                      port.error().to_string());
         files.close();
         pool.stop();
         return 1;

@@ -4,8 +4,8 @@
 // and the HTTP server's own option structs, and the defaults used without one (the five demo models).
 //
 // One schema serves both directions: `bind(config)` lists every field once, with the option it sets; parsing
-// walks it to read a file (strictly: an unknown field, a wrong type or a negative count is an error naming the
-// field's path, e.g. `pool.queue_capacity`), and `to_json` walks it to print the effective configuration
+// walks it to read a file (strictly: an unknown field, a wrong type or a negative count is an error naming
+// the field's path, e.g. `pool.queue_capacity`), and `to_json` walks it to print the effective configuration
 // (`--check-config`). Durations are integers of milliseconds, their names end in `_ms`.
 #pragma once
 
@@ -39,8 +39,9 @@ using modelpool::result;
 
 /// One served model: its OpenAI name, the built-in model that backs it and how the pool manages it.
 struct ModelEntry {
-    std::string name;       ///< The OpenAI model name clients send, e.g. "demo-chat".
-    std::string builtin;    ///< The built-in model (examples/support/builtin_models.hpp), e.g. "ngram-generator".
+    std::string name; ///< The OpenAI model name clients send, e.g. "demo-chat".
+    std::string
+        builtin; ///< The built-in model (examples/support/builtin_models.hpp), e.g. "ngram-generator".
     std::string capability; ///< Optional: checked against the built-in model's capability when given.
     std::string key;        ///< The pool key; empty: the name.
     modelpool::ModelOptions options{}; ///< per_worker_mb 0: the built-in model's measured size.
@@ -50,10 +51,11 @@ struct ModelEntry {
 struct ServerConfig {
     /// The pool: defaults sized for a small server (two io threads, four blocking threads, 2 GiB of models).
     modelpool::PoolOptions pool{.io_threads = 2, .blocking_threads = 4, .memory_limit_mb = 2048};
-    modelpool::http::ServerOptions http{}; ///< Host, port, limits and shutdown grace (`models` is filled later).
-    std::string log_level = "info";        ///< trace, debug, info, warn, error or off.
-    std::string cache_dir;                 ///< Generated weight files; empty: <temp>/modelpool-demo.
-    std::vector<ModelEntry> models{};      ///< The served models, in the order `GET /v1/models` lists them.
+    modelpool::http::ServerOptions
+        http{};                       ///< Host, port, limits and shutdown grace (`models` is filled later).
+    std::string log_level = "info";   ///< trace, debug, info, warn, error or off.
+    std::string cache_dir;            ///< Generated weight files; empty: <temp>/modelpool-demo.
+    std::vector<ModelEntry> models{}; ///< The served models, in the order `GET /v1/models` lists them.
 };
 
 /// The configuration without a file: the five demo models of examples/models/, one worker of each loaded at
@@ -73,7 +75,8 @@ inline ServerConfig default_config() {
 
 namespace detail {
 
-/// One field of the schema: its name, how to read it from JSON (`path` names it in errors) and how to print it.
+/// One field of the schema: its name, how to read it from JSON (`path` names it in errors) and how to print
+/// it.
 struct Field {
     std::string_view name;
     std::function<result<void>(const json::value&, const std::string& path)> read;
@@ -89,7 +92,8 @@ template <std::integral T> Field field(std::string_view name, T& out) {
                                 json::serialize(v));
                 }
                 if (v.is_int64() && v.get_int64() < 0) {
-                    return fail(errc::invalid_argument, "{} must not be negative (got {})", path, v.get_int64());
+                    return fail(errc::invalid_argument, "{} must not be negative (got {})", path,
+                                v.get_int64());
                 }
                 const auto value = v.is_uint64() ? v.get_uint64() : static_cast<std::uint64_t>(v.get_int64());
                 if (value > std::numeric_limits<T>::max()) {
@@ -107,10 +111,11 @@ inline Field field(std::string_view name, std::chrono::milliseconds& out) {
     return {name,
             [&out](const json::value& v, const std::string& path) -> result<void> {
                 if (!v.is_int64() && !v.is_uint64()) {
-                    return fail(errc::invalid_argument, "{} must be an integer of milliseconds (got {})", path,
-                                json::serialize(v));
+                    return fail(errc::invalid_argument, "{} must be an integer of milliseconds (got {})",
+                                path, json::serialize(v));
                 }
-                if (v.is_uint64() && v.get_uint64() > std::uint64_t{std::numeric_limits<std::int64_t>::max()}) {
+                if (v.is_uint64() &&
+                    v.get_uint64() > std::uint64_t{std::numeric_limits<std::int64_t>::max()}) {
                     return fail(errc::invalid_argument, "{} is too large (got {})", path, v.get_uint64());
                 }
                 // The option's own validation names the range (e.g. "must be positive").
@@ -124,7 +129,8 @@ inline Field field(std::string_view name, std::string& out) {
     return {name,
             [&out](const json::value& v, const std::string& path) -> result<void> {
                 if (!v.is_string()) {
-                    return fail(errc::invalid_argument, "{} must be a string (got {})", path, json::serialize(v));
+                    return fail(errc::invalid_argument, "{} must be a string (got {})", path,
+                                json::serialize(v));
                 }
                 out = std::string(v.get_string());
                 return {};
@@ -133,11 +139,12 @@ inline Field field(std::string_view name, std::string& out) {
 }
 
 /// Reads `v` as an object whose members are `fields`; any other member is an error naming it.
-inline result<void> read_object(const json::value& v, const std::string& path, const std::vector<Field>& fields) {
+inline result<void> read_object(const json::value& v, const std::string& path,
+                                const std::vector<Field>& fields) {
     const auto* object = v.if_object();
     if (object == nullptr) {
-        return fail(errc::invalid_argument, "{} must be an object (got {})", path.empty() ? "the configuration" : path,
-                    json::serialize(v));
+        return fail(errc::invalid_argument, "{} must be an object (got {})",
+                    path.empty() ? "the configuration" : path, json::serialize(v));
     }
     for (const auto& [name, value] : *object) {
         const auto member = path.empty() ? std::string(name) : path + "." + std::string(name);
@@ -172,9 +179,10 @@ inline json::object write_object(const std::vector<Field>& fields) {
 
 /// A nested object field.
 inline Field object_field(std::string_view name, std::function<std::vector<Field>()> fields) {
-    return {name,
-            [fields](const json::value& v, const std::string& path) { return read_object(v, path, fields()); },
-            [fields] { return json::value(write_object(fields())); }};
+    return {
+        name,
+        [fields](const json::value& v, const std::string& path) { return read_object(v, path, fields()); },
+        [fields] { return json::value(write_object(fields())); }};
 }
 
 inline std::vector<Field> model_fields(ModelEntry& m) {
@@ -263,21 +271,19 @@ inline std::vector<Field> bind(ServerConfig& c) {
         object_field("server",
                      [&s, &l] {
                          return std::vector<Field>{
-                             field("shutdown_grace_ms", s.shutdown_grace),
-                             object_field("limits",
-                                          [&l] {
-                                              return std::vector<Field>{
-                                                  field("body_bytes", l.body_bytes),
-                                                  field("header_bytes", l.header_bytes),
-                                                  field("read_timeout_ms", l.read_timeout),
-                                                  field("idle_timeout_ms", l.idle_timeout),
-                                                  field("write_timeout_ms", l.write_timeout),
-                                                  field("max_connections", l.max_connections),
-                                                  field("max_embedding_inputs", l.max_embedding_inputs),
-                                                  field("max_n", l.max_n),
-                                                  field("max_tokens", l.max_tokens),
-                                                  field("max_image_side", l.max_image_side)};
-                                          })};
+                             field("shutdown_grace_ms", s.shutdown_grace), object_field("limits", [&l] {
+                                 return std::vector<Field>{
+                                     field("body_bytes", l.body_bytes),
+                                     field("header_bytes", l.header_bytes),
+                                     field("read_timeout_ms", l.read_timeout),
+                                     field("idle_timeout_ms", l.idle_timeout),
+                                     field("write_timeout_ms", l.write_timeout),
+                                     field("max_connections", l.max_connections),
+                                     field("max_embedding_inputs", l.max_embedding_inputs),
+                                     field("max_n", l.max_n),
+                                     field("max_tokens", l.max_tokens),
+                                     field("max_image_side", l.max_image_side)};
+                             })};
                      }),
         models_field(c.models),
     };
@@ -307,13 +313,15 @@ inline result<void> validate(const ServerConfig& config) {
         const auto& m = config.models[i];
         for (std::size_t j = 0; j < i; ++j) {
             if (config.models[j].name == m.name) {
-                return fail(errc::invalid_argument, "models[{}].name \"{}\" is also models[{}].name", i, m.name, j);
+                return fail(errc::invalid_argument, "models[{}].name \"{}\" is also models[{}].name", i,
+                            m.name, j);
             }
         }
-        const auto max = m.options.max_workers != 0 ? m.options.max_workers : config.pool.max_workers_per_model;
+        const auto max =
+            m.options.max_workers != 0 ? m.options.max_workers : config.pool.max_workers_per_model;
         if (m.options.min_workers > max) {
-            return fail(errc::invalid_argument, "models[{}] (\"{}\"): min_workers {} exceeds max_workers {}", i,
-                        m.name, m.options.min_workers, max);
+            return fail(errc::invalid_argument, "models[{}] (\"{}\"): min_workers {} exceeds max_workers {}",
+                        i, m.name, m.options.min_workers, max);
         }
     }
     return {};

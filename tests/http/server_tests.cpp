@@ -845,9 +845,10 @@ TEST_CASE("A client that disconnects cancels its request", "[http]") {
 }
 
 TEST_CASE("A client that stops reading a stream holds its model back, then is disconnected", "[http]") {
-    // Backpressure: the server writes each event before it takes the next chunk from the pool's bounded stream,
-    // so a reader that stops reading stops the model once the socket buffers and the stream are full, and
-    // nothing is buffered without bound. The write timeout then closes the connection and stops the model.
+    // Backpressure: the server writes each event before it takes the next chunk from the pool's bounded
+    // stream, so a reader that stops reading stops the model once the socket buffers and the stream are full,
+    // and nothing is buffered without bound. The write timeout then closes the connection and stops the
+    // model.
     Harness h(default_pool_options(), false,
               {.body_bytes = 4096, .write_timeout = 300ms, .max_tokens = 1'000'000});
     const std::string prompt(2000, 'w'); // each event carries ~2 KB: the socket buffers hold a few thousand
