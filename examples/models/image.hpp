@@ -407,6 +407,38 @@ inline result<std::string> base64_decode(std::string_view text) {
     return out;
 }
 
+/// `text` cut to at most `max` characters with "..." appended when cut (for naming data URLs in errors).
+inline std::string shorten(std::string_view text, std::size_t max = 60) {
+    if (text.size() <= max) {
+        return std::string(text);
+    }
+    return std::string(text.substr(0, max)) + "...";
+}
+
+/// The bytes a `data:image/...;base64,...` URL carries; `invalid_argument` naming the (shortened) URL when it
+/// is not such a URL or its base64 is malformed.
+inline result<std::string> decode_data_url(std::string_view url) {
+    constexpr std::string_view scheme = "data:";
+    constexpr std::string_view marker = ";base64,";
+    const auto comma = url.find(marker);
+    if (url.substr(0, scheme.size()) != scheme || comma == std::string_view::npos) {
+        return modelpool::fail(modelpool::errc::invalid_argument, "'{}' is not a data:image/...;base64, URL",
+                               shorten(url));
+    }
+    const auto media_type = url.substr(scheme.size(), comma - scheme.size());
+    if (media_type.substr(0, 6) != "image/") {
+        return modelpool::fail(modelpool::errc::invalid_argument,
+                               "data URL '{}' has media type '{}', expected image/...", shorten(url),
+                               shorten(media_type));
+    }
+    auto bytes = base64_decode(url.substr(comma + marker.size()));
+    if (!bytes) {
+        return modelpool::fail(modelpool::errc::invalid_argument, "data URL '{}' has invalid base64: {}",
+                               shorten(url), bytes.error().message());
+    }
+    return bytes;
+}
+
 // ---- PPM and PNG -----------------------------------------------------------------------------------------
 
 /// Largest width or height the decoders accept (a guard against absurd headers).
@@ -766,12 +798,18 @@ template <class Fn>
 auto with_image(asio::any_io_executor blocking, ImageSource source, Fn fn)
     -> asio::awaitable<std::invoke_result_t<Fn&, const Image&>> {
     std::string bytes;
-    if (source.is_url) {
+    if (source.is_url && source.location.starts_with("data:")) {
+        auto decoded = decode_data_url(source.location); // the image travels in the URL itself
+        if (!decoded) {
+            co_return modelpool::unexpected<modelpool::PoolError>(decoded.error());
+        }
+        bytes = std::move(*decoded);
+    } else if (source.is_url) {
         auto fetch = http_get(source.location); // named: g++ 12 miscompiles temporaries in co_await operands
         auto fetched = co_await std::move(fetch);
         if (!fetched) {
             co_return modelpool::fail(modelpool::errc::invalid_argument, "cannot fetch the image: {}",
-                                      fetched.error().message());
+                                      shorten(fetched.error().message(), 200));
         }
         bytes = std::move(*fetched);
     }

@@ -4,7 +4,7 @@
 // headers. See tesseract_ocr.hpp for what each part does.
 #include "runtimes/tesseract_ocr.hpp"
 
-#include "models/image.hpp"         // demo::base64_decode
+#include "models/image.hpp"         // demo::decode_data_url, demo::shorten
 #include "support/weight_store.hpp" // demo::http_get
 
 #include <leptonica/allheaders.h>
@@ -27,6 +27,8 @@ namespace runtimes::tesseract_ocr {
 
 namespace {
 
+using demo::decode_data_url;
+using demo::shorten;
 using modelpool::errc;
 using modelpool::fail;
 
@@ -251,35 +253,6 @@ std::vector<std::string> format_chunks(const Page& page, Mode mode) {
     }
     }
     return chunks;
-}
-
-std::string shorten(std::string_view text, std::size_t max) {
-    if (text.size() <= max) {
-        return std::string(text);
-    }
-    return std::string(text.substr(0, max)) + "...";
-}
-
-// ---- data URLs -------------------------------------------------------------------------------------------
-
-result<std::string> decode_data_url(std::string_view url) {
-    constexpr std::string_view scheme = "data:";
-    constexpr std::string_view marker = ";base64,";
-    const auto comma = url.find(marker);
-    if (url.substr(0, scheme.size()) != scheme || comma == std::string_view::npos) {
-        return fail(errc::invalid_argument, "'{}' is not a data:image/...;base64, URL", shorten(url));
-    }
-    const auto media_type = url.substr(scheme.size(), comma - scheme.size());
-    if (media_type.substr(0, 6) != "image/") {
-        return fail(errc::invalid_argument, "data URL '{}' has media type '{}', expected image/...",
-                    shorten(url), shorten(media_type));
-    }
-    auto bytes = demo::base64_decode(url.substr(comma + marker.size()));
-    if (!bytes) {
-        return fail(errc::invalid_argument, "data URL '{}' has invalid base64: {}", shorten(url),
-                    bytes.error().message());
-    }
-    return bytes;
 }
 
 // ---- Engine ----------------------------------------------------------------------------------------------

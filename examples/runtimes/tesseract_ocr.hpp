@@ -170,13 +170,6 @@ private:
     std::unique_ptr<Impl> impl_;
 };
 
-/// The bytes a `data:image/...;base64,...` URL carries; `invalid_argument` naming the (shortened) URL when it
-/// is not such a URL or its base64 is malformed.
-result<std::string> decode_data_url(std::string_view url);
-
-/// `text` cut to at most `max` characters with "..." appended when cut (for naming data URLs in errors).
-std::string shorten(std::string_view text, std::size_t max = 60);
-
 /// A vision model serving the OCR text of images (see the file comment for the queries). Move-only: it owns
 /// its Engine, which no other worker shares.
 class OcrModel {

@@ -24,6 +24,7 @@
 #include <concepts>
 #include <string_view>
 #include <type_traits>
+#include <vector>
 
 namespace modelpool {
 
@@ -80,6 +81,24 @@ template <class Model, class List> struct serves_all;
 template <class Model, class... Ops>
 struct serves_all<Model, type_list<Ops...>> : std::bool_constant<(serves_operation<Model, Ops> && ...)> {};
 } // namespace detail
+
+/// Dynamic batching of a single-item operation `Op` into its capability's batch operation. Not defined for
+/// operations that are not batched; a capability specialises it for each that is, with
+/// - `batch_op`: the batch operation, whose `reply` is `std::vector<Op::reply>` (one item per request, in
+///   order);
+/// - `static bool compatible(const Op&, const Op&)`: the two requests give the same result in one batch (the
+///   same options);
+/// - `static batch_op merge(const std::vector<const Op*>&)`: the batch call for these requests, in order.
+template <class Op> struct batch_traits;
+
+/// A single-item operation with `batch_traits`.
+template <class Op>
+concept batchable_operation = requires(const Op& op, const std::vector<const Op*>& ops) {
+    typename batch_traits<Op>::batch_op;
+    { batch_traits<Op>::compatible(op, op) } -> std::convertible_to<bool>;
+    { batch_traits<Op>::merge(ops) } -> std::same_as<typename batch_traits<Op>::batch_op>;
+}
+&&std::same_as<typename batch_traits<Op>::batch_op::reply, std::vector<typename Op::reply>>;
 
 /// A capability descriptor: a name and the list of its operations.
 template <class C>

@@ -15,7 +15,8 @@
 //   gauges     modelpool_memory_{limit,allocated,peak}_bytes, modelpool_queue_depth{key},
 //              modelpool_queue_capacity{key}, modelpool_workers{key,state}, modelpool_key_memory_bytes{key},
 //              modelpool_key_ready{key}, modelpool_key_live{key}, modelpool_circuit_state{key,state}
-//   histograms modelpool_queue_wait_seconds{key}, modelpool_service_seconds{key}
+//   histograms modelpool_queue_wait_seconds{key}, modelpool_service_seconds{key},
+//              modelpool_batch_size{key} (keys with batching only)
 #pragma once
 
 #include "modelpool/detail/prometheus.hpp"
@@ -25,6 +26,7 @@
 #include "modelpool/metrics.hpp"
 #include "modelpool/worker_state.hpp"
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <string>
@@ -124,6 +126,16 @@ inline std::string prometheus_text(const MetricsSnapshot& metrics, const std::ve
              "Time from a worker starting a request until it ended.");
     for (const auto& key : keys) {
         w.histogram("modelpool_service_seconds", {{"key", key.key}}, key.service_time);
+    }
+    const bool batching =
+        std::any_of(keys.begin(), keys.end(), [](const KeySnapshot& key) { return key.batch_size.count > 0; });
+    if (batching) {
+        w.family("modelpool_batch_size", "histogram", "Requests per model call, for models with batching.");
+        for (const auto& key : keys) {
+            if (key.batch_size.count > 0) {
+                w.histogram("modelpool_batch_size", {{"key", key.key}}, key.batch_size);
+            }
+        }
     }
     return std::move(w).take();
 }

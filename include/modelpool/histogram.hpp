@@ -125,4 +125,44 @@ private:
         0}; // integer nanoseconds: exact, and lock-free unlike atomic<double> adds
 };
 
+/// Lock-free histogram of sizes (e.g. requests per batch call) with power-of-two buckets 1, 2, 4, ... 1024;
+/// its snapshot's bounds and sum are in items instead of seconds. Not copyable or movable.
+class SizeHistogram {
+public:
+    /// Bucket upper bounds.
+    static constexpr std::array<double, 11> default_bounds = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024};
+
+    /// An empty histogram.
+    SizeHistogram() noexcept = default;
+    SizeHistogram(const SizeHistogram&) = delete;
+    SizeHistogram& operator=(const SizeHistogram&) = delete;
+
+    /// Records one observation. Lock-free: two relaxed atomic adds, no allocation.
+    void record(std::size_t size) noexcept {
+        std::size_t bucket = 0;
+        while (bucket < default_bounds.size() && static_cast<double>(size) > default_bounds[bucket]) {
+            ++bucket;
+        }
+        counts_[bucket].fetch_add(1, std::memory_order_relaxed);
+        sum_.fetch_add(size, std::memory_order_relaxed);
+    }
+
+    /// Copies the counts (see LatencyHistogram::snapshot).
+    [[nodiscard]] HistogramSnapshot snapshot() const {
+        HistogramSnapshot snap;
+        snap.upper_bounds.assign(default_bounds.begin(), default_bounds.end());
+        snap.counts.resize(counts_.size());
+        for (std::size_t i = 0; i < counts_.size(); ++i) {
+            snap.counts[i] = counts_[i].load(std::memory_order_relaxed);
+            snap.count += snap.counts[i];
+        }
+        snap.sum = static_cast<double>(sum_.load(std::memory_order_relaxed));
+        return snap;
+    }
+
+private:
+    std::array<std::atomic<std::uint64_t>, default_bounds.size() + 1> counts_{}; // last: +Inf
+    std::atomic<std::uint64_t> sum_{0};
+};
+
 } // namespace modelpool

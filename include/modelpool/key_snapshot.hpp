@@ -50,6 +50,9 @@ struct KeySnapshot {
     HistogramSnapshot queue_wait;
     /// Seconds from a worker starting the request until it ended.
     HistogramSnapshot service_time;
+    /// Requests per model call of a model with batching (`ModelOptions::batching`); empty otherwise. The queue
+    /// delay a batch adds is part of `queue_wait`.
+    HistogramSnapshot batch_size;
 
     /// Workers in `state`.
     [[nodiscard]] std::size_t count(WorkerState state) const {

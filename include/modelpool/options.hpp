@@ -64,6 +64,28 @@ struct WorkerEvent {
         cause; ///< Why, for `failed` and `evicted` (the loader's error, "idle", "memory"); else empty.
 };
 
+/// Dynamic batching of one registered model's single-item requests into its batch operation: `embed` into
+/// `batch_embed` (text_embedding), `embed_image` into `batch_embed_images` (image_embedding). Triton's
+/// dynamic batcher calls these `max_batch_size` and `max_queue_delay_microseconds`; Ray Serve's
+/// `@serve.batch`, `max_batch_size` and `batch_wait_timeout_s`.
+///
+/// With the default `max_queue_delay` of 0 batching adds no latency: a request that finds an idle worker runs
+/// at once, alone; requests that queue while every worker is busy are taken together, up to
+/// `max_batch_size`, by the next worker that frees up. A positive `max_queue_delay` lets a worker holding
+/// fewer than `max_batch_size` requests wait until the oldest has waited that long (or the batch is full) for
+/// a fuller batch. A batch only joins requests whose options give the same result (the same `task`); each
+/// request keeps its own deadline, cancellation, latency figures and error.
+struct BatchingOptions {
+    /// Most requests in one batch call. 1 (the default): no batching.
+    std::size_t max_batch_size = 1;
+    /// How long a worker may hold a partial batch for more requests, counted from the oldest one's arrival.
+    /// 0 (the default): never wait.
+    std::chrono::microseconds max_queue_delay{0};
+    /// When a batch call fails, retry its requests one by one, so that one bad input fails only its own
+    /// request (true, the default); false: every request of the batch gets the batch's error.
+    bool retry_items_on_failure = true;
+};
+
 /// How the pool manages one registered model's workers (`Pool::register_*_model`).
 struct ModelOptions {
     /// Memory each worker reserves from the pool's governor, in MB. Required: must be positive.
@@ -72,6 +94,8 @@ struct ModelOptions {
     std::size_t min_workers = 0;
     /// Most workers, counting those still loading. 0: `PoolOptions::max_workers_per_model`.
     std::size_t max_workers = 0;
+    /// Dynamic batching (text_embedding and image_embedding models only). Default: off.
+    BatchingOptions batching{};
 };
 
 /// How a `Pool` is built. Zero means "choose for me" where the field says so.
@@ -88,6 +112,15 @@ struct PoolOptions {
 
     /// Requests that may wait per registry key before `overloaded` is returned. Default 1024.
     std::size_t queue_capacity = 1024;
+
+    /// Priority ageing: a queued request gains one priority level per `priority_aging` waited, so a request
+    /// is never overtaken by a higher-level request that arrived more than (levels apart) x `priority_aging`
+    /// after it. Default 1 s.
+    std::chrono::milliseconds priority_aging{1'000};
+
+    /// Default longest wait in a key's queue before a request ends with `timeout` (`RequestOptions::
+    /// queue_timeout` overrides it per call). 0 (the default): no limit beyond `request_timeout`.
+    std::chrono::milliseconds queue_timeout{0};
 
     /// Chunks buffered between a streaming model and its reader (backpressure bound). Default 16.
     std::size_t stream_capacity = 16;
@@ -168,6 +201,14 @@ struct PoolOptions {
         }
         if (stream_capacity == 0) {
             return fail(errc::invalid_argument, "stream_capacity must be at least 1 (got 0)");
+        }
+        if (priority_aging.count() <= 0 || priority_aging > std::chrono::hours(24)) {
+            return fail(errc::invalid_argument, "priority_aging must be between 1 ms and 24 h (got {} ms)",
+                        priority_aging.count());
+        }
+        if (queue_timeout.count() < 0) {
+            return fail(errc::invalid_argument, "queue_timeout must not be negative (got {} ms)",
+                        queue_timeout.count());
         }
         if (max_key_length == 0) {
             return fail(errc::invalid_argument, "max_key_length must be at least 1 (got 0)");

@@ -292,6 +292,9 @@ public:
                 return fail(errc::invalid_argument, "min_workers ({}) of '{}' exceeds max_workers ({})",
                             model.min_workers, registry_key, max_workers);
             }
+            if (auto valid = check_batching<Cap>(registry_key, model.batching); !valid) {
+                return valid;
+            }
             auto router = router_for<Cap>(registry_key, true);
             if (!router) {
                 return unexpected<PoolError>(router.error());
@@ -301,6 +304,7 @@ public:
             spec->min_workers = model.min_workers;
             spec->max_workers = max_workers;
             spec->cold_start = std::min(options_.cold_start_workers, max_workers);
+            spec->batching = model.batching;
             spec->spawn = [this, key = std::string(registry_key), loader = std::move(model_loader),
                            mb = model.per_worker_mb](AllocationGuard guard) {
                 return spawn_worker_impl<Cap, T>(key, loader, mb, std::move(guard), true);
@@ -357,6 +361,7 @@ public:
                 job->enqueued_at = now;
                 job->deadline = Clock::saturating_add(job->enqueued_at,
                                                       request.timeout.value_or(options_.request_timeout));
+                set_queue_policy(*job, request);
                 if (auto slot = job->cancellation_slot(); slot.is_connected()) {
                     slot.assign(
                         [weak_job = std::weak_ptr<job_type>(job),
@@ -417,6 +422,7 @@ public:
                 job->permit = admitted->permit;
                 job->enqueued_at = now;
                 job->deadline = std::min(whole, Clock::saturating_add(now, options_.request_timeout));
+                set_queue_policy(*job, request);
                 if (auto submitted = router->submit(job); !submitted) {
                     job->fail(submitted.error());
                     detail::post_completion(std::move(handler), fallback_->get(),
@@ -607,6 +613,15 @@ private:
                             "timeout for a request to '{}' must be positive (got {} ms)", key,
                             request.timeout->count());
             }
+            if (request.queue_timeout && request.queue_timeout->count() <= 0) {
+                return fail(errc::invalid_argument,
+                            "queue_timeout for a request to '{}' must be positive (got {} ms)", key,
+                            request.queue_timeout->count());
+            }
+            if (static_cast<std::size_t>(request.priority) >= priority_levels) {
+                return fail(errc::invalid_argument, "priority {} for a request to '{}' is not a Priority level",
+                            static_cast<int>(request.priority), key);
+            }
             if (request.idle_timeout && request.idle_timeout->count() <= 0) {
                 return fail(errc::invalid_argument,
                             "idle_timeout for a request to '{}' must be positive (got {} ms)", key,
@@ -626,6 +641,39 @@ private:
             core_->metrics->outcome(false, admitted.error().code());
         }
         return admitted;
+    }
+
+    // A request's level and its queue deadline (the queue timeout, never after its deadline).
+    void set_queue_policy(detail::job_base& job, const RequestOptions& request) const {
+        job.priority = request.priority;
+        const auto queue_timeout = request.queue_timeout.value_or(options_.queue_timeout);
+        if (queue_timeout.count() > 0) {
+            job.queue_deadline = std::min(job.deadline, Clock::saturating_add(job.enqueued_at, queue_timeout));
+        }
+    }
+
+    // Batching is for capabilities with a batch operation, with sizes that fit the queue.
+    template <class Cap> result<void> check_batching(std::string_view key, const BatchingOptions& batching) const {
+        if (batching.max_batch_size == 0) {
+            return fail(errc::invalid_argument, "batching.max_batch_size of '{}' must be at least 1 (got 0)", key);
+        }
+        if (batching.max_queue_delay.count() < 0 || batching.max_queue_delay > std::chrono::minutes(1)) {
+            return fail(errc::invalid_argument,
+                        "batching.max_queue_delay of '{}' must be between 0 and 60 s (got {} us)", key,
+                        batching.max_queue_delay.count());
+        }
+        constexpr bool batches = std::is_same_v<Cap, text_embedding> || std::is_same_v<Cap, image_embedding>;
+        if (!batches && (batching.max_batch_size > 1 || batching.max_queue_delay.count() > 0)) {
+            return fail(errc::invalid_argument,
+                        "batching for '{}': {} has no batch operation (text_embedding and image_embedding do)",
+                        key, Cap::name);
+        }
+        if (batching.max_batch_size > options_.queue_capacity) {
+            return fail(errc::invalid_argument,
+                        "batching.max_batch_size of '{}' ({}) exceeds the queue capacity ({})", key,
+                        batching.max_batch_size, options_.queue_capacity);
+        }
+        return {};
     }
 
     template <class Chunk> std::shared_ptr<detail::stream_state<Chunk>> new_stream() {

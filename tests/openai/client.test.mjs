@@ -355,11 +355,7 @@ describe('modelpool_server with its demo models', () => {
                 (await server.metrics()).get('modelpool_http_requests_in_flight') === 1);
         });
 
-        // todo: the server hands the data URL to the shape describer's describe_url, which fetches only
-        // http:// URLs, and answers 400 "cannot fetch the image: GET data:image/png;base64,...: only http://
-        // urls are supported" (reported to the lead; the test passes once the server decodes data URLs).
-        it('vision: a chat with an image_url data URL is answered about the image',
-            { ...TEST, todo: 'the vision route fetches only http:// image URLs' }, async () => {
+        it('vision: a chat with an image_url data URL is answered about the image', TEST, async () => {
             const response = await client.chat.completions.create({
                 model: 'demo-vision',
                 messages: [{ role: 'user', content: [

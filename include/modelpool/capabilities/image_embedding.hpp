@@ -90,6 +90,25 @@ struct image_embedding {
         detail::type_list<embed_image_op, embed_image_url_op, embed_image_base64_op, batch_embed_images_op>;
 };
 
+/// Dynamic batching: `embed_image` requests (image files) become one `batch_embed_images` call. URL and base64
+/// requests are not batched: the batch operation takes file paths.
+template <> struct batch_traits<image_embedding::embed_image_op> {
+    using batch_op = image_embedding::batch_embed_images_op; ///< The batch call.
+    /// Any two image files share a batch (the operation has no options).
+    static bool compatible(const image_embedding::embed_image_op&, const image_embedding::embed_image_op&) {
+        return true;
+    }
+    /// One `batch_embed_images` of the requests' paths, in order.
+    static batch_op merge(const std::vector<const image_embedding::embed_image_op*>& ops) {
+        batch_op batch;
+        batch.paths.reserve(ops.size());
+        for (const auto* op : ops) {
+            batch.paths.push_back(op->path);
+        }
+        return batch;
+    }
+};
+
 /// A model type that can back an image_embedding worker.
 template <class M>
 concept ImageEmbeddingModel = std::movable<M> && serves_operation<M, image_embedding::embed_image_op> &&

@@ -60,6 +60,24 @@ struct text_embedding {
     using operations = detail::type_list<embed_op, batch_embed_op>;
 };
 
+/// Dynamic batching: `embed` requests with the same `task` become one `batch_embed` call.
+template <> struct batch_traits<text_embedding::embed_op> {
+    using batch_op = text_embedding::batch_embed_op; ///< The batch call.
+    /// Requests for the same task share a batch.
+    static bool compatible(const text_embedding::embed_op& a, const text_embedding::embed_op& b) {
+        return a.task == b.task;
+    }
+    /// One `batch_embed` of the requests' texts, in order (copied: a failed batch is retried item by item).
+    static batch_op merge(const std::vector<const text_embedding::embed_op*>& ops) {
+        batch_op batch{{}, ops.front()->task};
+        batch.texts.reserve(ops.size());
+        for (const auto* op : ops) {
+            batch.texts.push_back(op->text);
+        }
+        return batch;
+    }
+};
+
 /// A model type that can back a text_embedding worker.
 template <class M>
 concept TextEmbeddingModel = std::movable<M> && serves_operation<M, text_embedding::embed_op> &&

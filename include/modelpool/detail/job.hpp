@@ -10,6 +10,7 @@
 #include "modelpool/detail/invoker.hpp"
 #include "modelpool/detail/key_stats.hpp"
 #include "modelpool/error.hpp"
+#include "modelpool/request_options.hpp"
 #include "modelpool/stream.hpp"
 
 #include <algorithm>
@@ -18,6 +19,7 @@
 #include <cstdint>
 #include <memory>
 #include <utility>
+#include <vector>
 
 namespace modelpool::detail {
 
@@ -42,6 +44,43 @@ public:
     /// When the request times out (the pool's clock); `time_point::max()` for never.
     std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
 
+    /// When the request times out if it is still queued (its queue timeout; never later than `deadline`).
+    std::chrono::steady_clock::time_point queue_deadline = std::chrono::steady_clock::time_point::max();
+
+    /// Its level in the key's queue.
+    Priority priority = Priority::normal;
+
+    // ---- dynamic batching (see batch_job.hpp); requests that cannot be batched keep these defaults
+
+    /// True when `other` may share one batch call with this request (same operation, same options).
+    [[nodiscard]] virtual bool batches_with(const job_base& /*other*/) const noexcept { return false; }
+
+    /// True when this request could be batched at all.
+    [[nodiscard]] virtual bool batchable() const noexcept { return false; }
+
+    /// The job that serves `items` (this request first, then others it `batches_with`) with one batch call;
+    /// `retry_items`: a failed batch call is retried one request at a time.
+    [[nodiscard]] virtual std::shared_ptr<job_base> make_batch(std::vector<std::shared_ptr<job_base>> /*items*/,
+                                                               bool /*retry_items*/) {
+        return nullptr;
+    }
+
+    /// For a job serving several requests: true when every one still waiting for it expires at `now` (the
+    /// call can be abandoned); one request: its running deadline has passed.
+    [[nodiscard]] virtual bool expires_whole(Clock::time_point now) const noexcept {
+        return running_deadline() <= now;
+    }
+
+    /// Ends with `error` what expired at `now`: the whole request, or, for a batch, its expired items.
+    virtual void expire(Clock::time_point /*now*/, const PoolError& error) { fail(error); }
+
+    /// Notes that a worker starts serving the request now (for the service-time histogram).
+    void mark_started() noexcept {
+        if (stats) {
+            started_ticks_.store(stats->clock->now().time_since_epoch().count(), std::memory_order_relaxed);
+        }
+    }
+
     /// True when the deadline also covers serving (unary requests); false when it covers only the wait in the
     /// queue (streams: `running_deadline` covers their generation). A worker still serving a request past a
     /// deadline that covers service is stuck.
@@ -61,13 +100,6 @@ public:
     CircuitBreaker::Permit permit{CircuitBreaker::Permit::kind_t::allowed, 0};
 
 protected:
-    /// Notes that a worker starts serving the request now (for the service-time histogram).
-    void mark_started() noexcept {
-        if (stats) {
-            started_ticks_.store(stats->clock->now().time_since_epoch().count(), std::memory_order_relaxed);
-        }
-    }
-
     /// Counts the outcome of a request that this caller just claimed.
     void count(bool ok, errc code) const noexcept {
         if (stats) {
@@ -83,6 +115,8 @@ private:
     std::atomic<bool> done_{false};
     std::atomic<Clock::duration::rep> started_ticks_{0}; // when a worker started it; 0 until then
 };
+
+template <class Cap, class Op> class batch_job;
 
 /// A request of capability `Cap`, runnable by a worker of that capability.
 template <class Cap> class job : public job_base {
@@ -111,6 +145,32 @@ public:
     }
 
     void fail(const PoolError& error) override { complete(unexpected<PoolError>(error)); }
+
+    /// The request's operation (its inputs).
+    [[nodiscard]] const Op& op() const noexcept { return op_; }
+
+    /// Completes the request with `outcome` (a batch's item); false if it had already ended.
+    bool deliver(result<typename Op::reply> outcome) { return complete(std::move(outcome)); }
+
+    [[nodiscard]] bool batchable() const noexcept override { return batchable_operation<Op>; }
+
+    [[nodiscard]] bool batches_with(const job_base& other) const noexcept override {
+        if constexpr (batchable_operation<Op>) {
+            const auto* peer = dynamic_cast<const unary_job*>(&other);
+            return peer != nullptr && batch_traits<Op>::compatible(op_, peer->op_);
+        } else {
+            return false;
+        }
+    }
+
+    [[nodiscard]] std::shared_ptr<job_base> make_batch(std::vector<std::shared_ptr<job_base>> items,
+                                                       bool retry_items) override {
+        if constexpr (batchable_operation<Op>) {
+            return std::make_shared<batch_job<Cap, Op>>(std::move(items), retry_items);
+        } else {
+            return nullptr;
+        }
+    }
 
     /// The slot through which the caller may cancel. Taken from the type-erased handler: erasing a handler
     /// installs a forwarding object in the caller's slot, so assigning to the caller's slot directly would
@@ -195,3 +255,5 @@ private:
 };
 
 } // namespace modelpool::detail
+
+#include "modelpool/detail/batch_job.hpp" // defines batch_job, which unary_job::make_batch builds

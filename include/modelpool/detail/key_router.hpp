@@ -7,7 +7,13 @@
 //   here and get the next request directly);
 // - requests are never routed to a worker that is still loading or already gone, and none is lost on
 // eviction;
-// - the queue bound is real backpressure (`overloaded` when full).
+// - the queue bound is real backpressure (`overloaded` when full);
+// - higher priorities are served first, with ageing (request_queue.hpp);
+// - a registered model with batching takes queued compatible requests together (batch_job.hpp): a worker
+//   that takes a batchable request also takes up to `max_batch_size - 1` compatible ones still queued, and,
+//   with a `max_queue_delay`, holds a partial batch until the oldest request has waited that long or the
+//   batch is full ("collecting"; the key's deadline sweeper is its timer, so nothing runs while nothing
+//   waits).
 // The router also counts the key's workers by state, so "is anything loading?" and "max workers" are answered
 // from one place, under one short lock that is never held across a suspension point or user code.
 //
@@ -26,9 +32,11 @@
 #include "modelpool/detail/key_stats.hpp"
 #include "modelpool/detail/memory_wait.hpp"
 #include "modelpool/detail/pool_core.hpp"
+#include "modelpool/detail/request_queue.hpp"
 #include "modelpool/detail/scaling_policy.hpp"
 #include "modelpool/error.hpp"
 #include "modelpool/key_snapshot.hpp"
+#include "modelpool/options.hpp"
 #include "modelpool/worker_state.hpp"
 
 #include <algorithm>
@@ -59,6 +67,7 @@ struct model_spec {
     std::size_t min_workers = 0;   ///< Kept even when idle.
     std::size_t max_workers = 1;   ///< Never more, counting loading workers.
     std::size_t cold_start = 1;    ///< Started by the first request when the key has none.
+    BatchingOptions batching{};    ///< Dynamic batching of its single-item requests.
 };
 
 /// The queue and worker table of one registry key. Thread-safe; see the file comment.
@@ -323,7 +332,12 @@ private:
     // Removes expired queued requests and collects expired running ones (marking their workers unhealthy);
     // returns the earliest deadline left and how many workers were newly found stuck (still serving a request
     // `stuck_grace` after its deadline, although they were asked to stop at the deadline).
-    Clock::time_point expire_locked(Clock::time_point now, std::vector<std::pair<job_ptr, bool>>& expired,
+    struct expiry {
+        job_ptr job;
+        bool serving = false; // a worker serves it (else it was queued or held in a collecting batch)
+        bool whole = true;    // everything the job stands for expired (a batch may expire in part)
+    };
+    Clock::time_point expire_locked(Clock::time_point now, std::vector<expiry>& expired,
                                     std::size_t& stuck);
 
     // The key's deadline sweeper: one coroutine per key (not a timer per request) that sleeps on the pool's
@@ -340,6 +354,35 @@ private:
 
     job_ptr pop_locked();
 
+    // The next job for a worker: a queued request, or a batch of compatible ones (see the file comment).
+    // Returns nullptr with `collect` set when the worker must hold a partial batch (now `collecting_`).
+    job_ptr next_locked(Clock::time_point now, bool& collect);
+
+    // What to complete a worker's take with, after the lock is released.
+    struct handoff {
+        take_handler handler;
+        asio::any_io_executor executor;
+        job_ptr job;
+    };
+
+    // A worker asks for its next job: returns what to complete its handler with now, or nothing when it
+    // was parked or holds a partial batch. `wake`: the sweeper must recompute its deadline.
+    std::optional<handoff> take_locked(WorkerId id, asio::any_io_executor executor, take_handler handler,
+                                       Clock::time_point now, bool& wake);
+
+    // Ends the collecting worker's wait: hands it its batch (or, if every request of it ended, what
+    // take_locked gives it).
+    std::optional<handoff> dispatch_collected_locked(Clock::time_point now, bool& wake);
+
+    // A worker holding a partial batch for `max_queue_delay` (at most one per key).
+    struct collecting_batch {
+        WorkerId id;
+        take_handler handler;
+        asio::any_io_executor executor;
+        std::vector<job_ptr> items;
+        Clock::time_point due; // the oldest item's arrival plus max_queue_delay
+    };
+
     PoolError closed_error() const;
 
     PoolError closed_error_locked() const;
@@ -353,7 +396,8 @@ private:
     const std::shared_ptr<key_stats> stats_;
 
     mutable std::mutex mutex_;
-    std::deque<job_ptr> queue_;
+    request_queue queue_;
+    std::optional<collecting_batch> collecting_;
     std::unordered_map<WorkerId, worker_entry> workers_; // O(1) per request, however many workers
     std::vector<parked_worker> parked_;         // LIFO: the most recently idle worker gets the next request.
     std::array<std::size_t, 8> state_counts_{}; // workers per WorkerState, kept by transition_locked

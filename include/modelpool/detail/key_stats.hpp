@@ -32,6 +32,7 @@ struct key_stats {
     CircuitBreaker breaker;             ///< Consulted before each request is admitted.
     LatencyHistogram queue_wait;        ///< From the call until a worker started the request.
     LatencyHistogram service;           ///< From a worker starting the request until it ended.
+    SizeHistogram batch_size;           ///< Requests per model call, for a model with batching.
 
     /// Records how a request ended. `started` is `time_point{}` for one that never reached a worker.
     void record(Clock::time_point enqueued, Clock::time_point started, const CircuitBreaker::Permit& permit,

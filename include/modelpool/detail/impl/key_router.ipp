@@ -15,7 +15,7 @@ MODELPOOL_DECL key_router::key_router(std::string key, std::type_index capabilit
     : key_(std::move(key)), capability_(capability), capability_name_(capability_name),
       queue_capacity_(queue_capacity), core_(std::move(core)), strand_(asio::make_strand(core_->io)),
       stats_(std::make_shared<key_stats>(core_->metrics, core_->clock, core_->options->breaker)),
-      jitter_(core_->seed ^ std::hash<std::string>{}(key_)) {}
+      queue_(core_->options->priority_aging), jitter_(core_->seed ^ std::hash<std::string>{}(key_)) {}
 
 MODELPOOL_DECL result<CircuitBreaker::Permit> key_router::admit(Clock::time_point now) {
     auto permit = stats_->breaker.try_admit(now);
@@ -230,16 +230,48 @@ MODELPOOL_DECL void key_router::worker_stopped(WorkerId id) {
 }
 
 MODELPOOL_DECL result<void> key_router::submit(job_ptr job) {
+    const auto now = core_->clock->now();
     std::unique_lock lock(mutex_);
     if (closed_) {
         return fail(errc::shutting_down, "key '{}' takes no requests: {}", key_, closed_reason_);
     }
+    if (collecting_ && collecting_->items.front()->batches_with(*job)) {
+        // A worker holds a partial batch this request can join: join it, and hand it over once full.
+        if (queue_.size() + collecting_->items.size() >= queue_capacity_) {
+            return overloaded_locked();
+        }
+        collecting_->items.push_back(std::move(job));
+        bool wake = false;
+        auto ready = collecting_->items.size() >= spec_->batching.max_batch_size
+                         ? dispatch_collected_locked(now, wake)
+                         : std::nullopt;
+        lock.unlock();
+        if (ready) {
+            post_completion(std::move(ready->handler), ready->executor, std::move(ready->job));
+        }
+        if (wake) {
+            wake_sweeper();
+        }
+        return {};
+    }
     if (!parked_.empty()) {
         auto [id, handler, executor, parked_at] = std::move(parked_.back());
         parked_.pop_back();
-        const bool wake = start_locked(id, job);
-        lock.unlock();
-        post_completion(std::move(handler), executor, std::move(job));
+        bool wake = false;
+        if (!collecting_ && spec_ && spec_->batching.max_batch_size > 1 &&
+            spec_->batching.max_queue_delay.count() > 0 && job->batchable()) {
+            // Triton's behaviour with a queue delay: the idle worker holds the request for a fuller batch.
+            transition_locked(id, WorkerState::busy);
+            const auto due = Clock::saturating_add(job->enqueued_at, spec_->batching.max_queue_delay);
+            collecting_.emplace(
+                collecting_batch{id, std::move(handler), std::move(executor), std::vector<job_ptr>{job}, due});
+            wake = due < armed_;
+            lock.unlock();
+        } else {
+            wake = start_locked(id, job);
+            lock.unlock();
+            post_completion(std::move(handler), executor, std::move(job));
+        }
         if (wake) {
             wake_sweeper();
         }
@@ -247,7 +279,6 @@ MODELPOOL_DECL result<void> key_router::submit(job_ptr job) {
     }
     launch_order order;
     if (spec_) {
-        const auto now = core_->clock->now();
         if (failing_fast_ && now < retry_at_) {
             return fail(errc::spawn_failed,
                         "model '{}' failed to load {} times in a row ({}); next try in {} ms", key_,
@@ -257,7 +288,7 @@ MODELPOOL_DECL result<void> key_router::submit(job_ptr job) {
         if (queue_.size() >= queue_capacity_) {
             return overloaded_locked();
         }
-        queue_.push_back(job);
+        queue_.push(job);
         order = plan_locked(now);
     } else {
         if (alive_locked() == 0) {
@@ -267,9 +298,9 @@ MODELPOOL_DECL result<void> key_router::submit(job_ptr job) {
         if (queue_.size() >= queue_capacity_) {
             return overloaded_locked();
         }
-        queue_.push_back(job);
+        queue_.push(job);
     }
-    const bool wake = job->deadline < armed_;
+    const bool wake = std::min(job->deadline, job->queue_deadline) < armed_;
     lock.unlock();
     if (wake) {
         wake_sweeper();
@@ -279,8 +310,13 @@ MODELPOOL_DECL result<void> key_router::submit(job_ptr job) {
 }
 
 MODELPOOL_DECL key_router::job_ptr key_router::try_take(WorkerId id) {
+    const auto now = core_->clock->now();
     std::unique_lock lock(mutex_);
-    auto job = pop_locked();
+    if (spec_ && spec_->batching.max_queue_delay.count() > 0) {
+        return nullptr; // async_take may have to hold a partial batch, which needs the worker's handler
+    }
+    bool collect = false;
+    auto job = next_locked(now, collect);
     if (job && start_locked(id, job)) {
         lock.unlock();
         wake_sweeper();
@@ -291,28 +327,25 @@ MODELPOOL_DECL key_router::job_ptr key_router::try_take(WorkerId id) {
 MODELPOOL_DECL void key_router::take_or_park(WorkerId id, asio::any_io_executor executor,
                                              take_handler handler) {
     const auto now = core_->clock->now();
+    bool wake = false;
     std::unique_lock lock(mutex_);
-    job_ptr job = pop_locked(); // after close() too: queued requests are drained
-    if (job || closed_ || !transition_locked(id, WorkerState::idle)) {
-        const bool wake = job && start_locked(id, job);
-        lock.unlock();
-        post_completion(std::move(handler), executor, std::move(job));
-        if (wake) {
-            wake_sweeper();
-        }
-        return;
+    auto ready = take_locked(id, std::move(executor), std::move(handler), now, wake);
+    lock.unlock();
+    if (ready) {
+        post_completion(std::move(ready->handler), ready->executor, std::move(ready->job));
     }
-    pressure_since_ = Clock::time_point::max(); // a worker is idle: no pressure
-    parked_.push_back(parked_worker{id, std::move(handler), std::move(executor), now});
+    if (wake) {
+        wake_sweeper();
+    }
 }
 
 MODELPOOL_DECL void key_router::remove(const job_base* job) {
     std::lock_guard lock(mutex_);
-    for (auto it = queue_.begin(); it != queue_.end(); ++it) {
-        if (it->get() == job) {
-            queue_.erase(it);
-            return;
-        }
+    if (!queue_.remove(job) && collecting_) {
+        auto& items = collecting_->items;
+        items.erase(std::remove_if(items.begin(), items.end(), [job](const job_ptr& j) { return j.get() == job; }),
+                    items.end());
+        // An emptied batch is handed over all the same: the worker finds nothing to do and parks again.
     }
 }
 
@@ -373,6 +406,7 @@ MODELPOOL_DECL key_router::after_request key_router::request_served(WorkerId id)
 MODELPOOL_DECL void key_router::close(std::string reason) {
     std::vector<job_ptr> orphans;
     std::vector<parked_worker> parked;
+    std::optional<handoff> collected;
     {
         std::lock_guard lock(mutex_);
         if (closed_) {
@@ -380,10 +414,15 @@ MODELPOOL_DECL void key_router::close(std::string reason) {
         }
         closed_ = true;
         closed_reason_ = std::move(reason);
+        bool wake = false;
+        collected = dispatch_collected_locked(core_->clock->now(), wake); // no more waiting for a fuller batch
         if (alive_locked() == 0) {
             take_queue_locked(orphans);
         }
         parked.swap(parked_);
+    }
+    if (collected) {
+        post_completion(std::move(collected->handler), collected->executor, std::move(collected->job));
     }
     auto error = closed_error();
     for (auto& job : orphans) {
@@ -418,7 +457,7 @@ MODELPOOL_DECL KeySnapshot key_router::snapshot() const {
     std::lock_guard lock(mutex_);
     KeySnapshot snap{.key = key_,
                      .capability = capability_name_,
-                     .queue_depth = queue_.size(),
+                     .queue_depth = queue_.size() + (collecting_ ? collecting_->items.size() : 0),
                      .queue_capacity = queue_capacity_,
                      .served = served_,
                      .unhealthy = unhealthy_,
@@ -432,7 +471,8 @@ MODELPOOL_DECL KeySnapshot key_router::snapshot() const {
                      .circuit = stats_->breaker.state(core_->clock->now()),
                      .consecutive_failures = stats_->breaker.consecutive_failures(),
                      .queue_wait = stats_->queue_wait.snapshot(),
-                     .service_time = stats_->service.snapshot()};
+                     .service_time = stats_->service.snapshot(),
+                     .batch_size = stats_->batch_size.snapshot()};
     for (const auto& [id, entry] : workers_) {
         ++snap.workers[static_cast<std::size_t>(entry.state)];
         snap.memory_mb += entry.memory_mb;
@@ -596,14 +636,13 @@ MODELPOOL_DECL PoolError key_router::schedule_retry_locked(const PoolError& erro
                                          options.retry_backoff_max, jitter_.unit());
         retry_at_ = Clock::saturating_add(now, delay);
         core_->metrics->load_retry();
-        for (auto it = queue_.begin(); it != queue_.end();) {
-            if ((*it)->deadline < retry_at_) {
-                orphans.push_back(std::move(*it));
-                it = queue_.erase(it);
-            } else {
-                ++it;
+        queue_.remove_if([&](job_ptr& job) {
+            if (job->deadline < retry_at_) {
+                orphans.push_back(std::move(job));
+                return true;
             }
-        }
+            return false;
+        });
         core_->logger->warn("'{}': load failed ({} in a row); retry {} of {} in {} ms", key_, load_failures_,
                             load_failures_, options.load_retries, delay.count());
         return PoolError(errc::spawn_failed, fmt::format("{} (the retry in {} ms comes after the request's "
@@ -664,8 +703,7 @@ MODELPOOL_DECL result<void> key_router::overloaded_locked() const {
 }
 
 MODELPOOL_DECL void key_router::take_queue_locked(std::vector<job_ptr>& out) {
-    out.insert(out.end(), std::make_move_iterator(queue_.begin()), std::make_move_iterator(queue_.end()));
-    queue_.clear();
+    queue_.take_all(out);
 }
 
 MODELPOOL_DECL void key_router::wake_sweeper() {
@@ -676,19 +714,30 @@ MODELPOOL_DECL void key_router::wake_sweeper() {
     });
 }
 
-MODELPOOL_DECL Clock::time_point key_router::expire_locked(Clock::time_point now,
-                                                           std::vector<std::pair<job_ptr, bool>>& expired,
+MODELPOOL_DECL Clock::time_point key_router::expire_locked(Clock::time_point now, std::vector<expiry>& expired,
                                                            std::size_t& stuck) {
     Clock::time_point earliest = Clock::time_point::max();
-    for (auto it = queue_.begin(); it != queue_.end();) {
-        if ((*it)->claimed()) {
-            it = queue_.erase(it);
-        } else if ((*it)->deadline <= now) {
-            expired.emplace_back(std::move(*it), false);
-            it = queue_.erase(it);
+    // A waiting request expires at its deadline or its queue deadline, whichever comes first.
+    const auto expire_waiting = [&](job_ptr& job) {
+        const auto due = std::min(job->deadline, job->queue_deadline);
+        if (job->claimed()) {
+            return true;
+        }
+        if (due <= now) {
+            expired.push_back({std::move(job), false, true});
+            return true;
+        }
+        earliest = std::min(earliest, due);
+        return false;
+    };
+    queue_.remove_if(expire_waiting);
+    if (collecting_) {
+        auto& items = collecting_->items;
+        items.erase(std::remove_if(items.begin(), items.end(), expire_waiting), items.end());
+        if (items.empty() || collecting_->due <= now) {
+            earliest = now; // hand the batch over now (the sweeper does, after this)
         } else {
-            earliest = std::min(earliest, (*it)->deadline);
-            ++it;
+            earliest = std::min(earliest, collecting_->due);
         }
     }
     const auto grace = core_->options->stuck_grace;
@@ -715,8 +764,11 @@ MODELPOOL_DECL Clock::time_point key_router::expire_locked(Clock::time_point now
             continue;
         }
         const auto deadline = entry.current->running_deadline();
-        if (deadline <= now) {
-            expired.emplace_back(entry.current, true);
+        if (deadline <= now && !entry.current->expires_whole(now)) {
+            // Part of a batch expired: those requests end now; the call goes on for the others.
+            expired.push_back({entry.current, true, false});
+        } else if (deadline <= now) {
+            expired.push_back({entry.current, true, true});
             entry.overdue = entry.current;
             entry.overdue_at = now;
             earliest = std::min(earliest, Clock::saturating_add(now, grace));
@@ -732,10 +784,11 @@ MODELPOOL_DECL asio::awaitable<void> key_router::sweep(std::shared_ptr<key_route
     auto executor = co_await asio::this_coro::executor;
     const auto clock = self->core_->clock;
     for (;;) {
-        std::vector<std::pair<job_ptr, bool>> expired;
+        std::vector<expiry> expired;
         Clock::time_point next;
         std::size_t stuck = 0;
         launch_order order;
+        std::optional<handoff> collected;
         const auto now = clock->now();
         {
             std::lock_guard lock(self->mutex_);
@@ -743,6 +796,11 @@ MODELPOOL_DECL asio::awaitable<void> key_router::sweep(std::shared_ptr<key_route
                 break;
             }
             next = self->expire_locked(now, expired, stuck);
+            if (self->collecting_ && next <= now) {
+                bool wake = false; // this is the sweeper: it recomputes below
+                collected = self->dispatch_collected_locked(now, wake); // its delay is over (or it emptied)
+                next = self->expire_locked(now, expired, stuck);
+            }
             self->armed_ = next;
             if (stuck != 0 && self->spec_) {
                 const std::size_t live = self->healthy_live_locked();
@@ -758,13 +816,19 @@ MODELPOOL_DECL asio::awaitable<void> key_router::sweep(std::shared_ptr<key_route
             self->core_->logger->warn("'{}': {} worker(s) stuck past a request's deadline; replacing them",
                                       self->key_, stuck);
         }
-        for (auto& [job, serving] : expired) {
+        if (collected) {
+            post_completion(std::move(collected->handler), collected->executor, std::move(collected->job));
+        }
+        for (auto& [job, serving, whole] : expired) {
             const auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(now - job->enqueued_at);
-            job->fail(PoolError(errc::timeout,
-                                fmt::format("request to '{}' timed out after {} ms ({})", self->key_,
-                                            waited.count(),
-                                            serving ? "while a worker served it" : "waiting in the queue")));
-            if (serving) {
+            const bool queue_limit = !serving && job->queue_deadline <= now && job->queue_deadline < job->deadline;
+            job->expire(now, PoolError(errc::timeout,
+                                       fmt::format("request to '{}' timed out after {} ms ({})", self->key_,
+                                                   waited.count(),
+                                                   serving       ? "while a worker served it"
+                                                   : queue_limit ? "its queue timeout, waiting in the queue"
+                                                                 : "waiting in the queue")));
+            if (serving && whole) {
                 self->interrupt(job); // stop the model call: nobody waits for its result any more
             }
         }
@@ -796,14 +860,84 @@ MODELPOOL_DECL void key_router::erase_locked(WorkerId id) {
 }
 
 MODELPOOL_DECL key_router::job_ptr key_router::pop_locked() {
-    while (!queue_.empty()) {
-        job_ptr job = std::move(queue_.front());
-        queue_.pop_front();
+    while (job_ptr job = queue_.pop()) {
         if (!job->claimed()) { // an abandoned stream is still served: it ends (and is counted) as cancelled
             return job;
         }
     }
     return nullptr;
+}
+
+MODELPOOL_DECL key_router::job_ptr key_router::next_locked(Clock::time_point now, bool& collect) {
+    collect = false;
+    job_ptr first;
+    if (collecting_) {
+        // Requests that can join the collecting batch wait for it; the others are served as usual.
+        const auto& head = *collecting_->items.front();
+        first = queue_.pop_where([&](const job_base& job) { return !job.claimed() && !head.batches_with(job); });
+    } else {
+        first = pop_locked();
+    }
+    if (!first || !spec_ || spec_->batching.max_batch_size <= 1 || !first->batchable()) {
+        return first;
+    }
+    const auto& batching = spec_->batching;
+    std::vector<job_ptr> items{first};
+    queue_.take_compatible(*first, batching.max_batch_size - 1, items);
+    const auto due = Clock::saturating_add(first->enqueued_at, batching.max_queue_delay);
+    if (!collecting_ && !closed_ && items.size() < batching.max_batch_size && due > now) {
+        collecting_.emplace(collecting_batch{0, take_handler{}, {}, std::move(items), due});
+        collect = true;
+        return nullptr;
+    }
+    stats_->batch_size.record(items.size());
+    return items.size() == 1 ? first : first->make_batch(std::move(items), batching.retry_items_on_failure);
+}
+
+MODELPOOL_DECL std::optional<key_router::handoff> key_router::take_locked(WorkerId id,
+                                                                          asio::any_io_executor executor,
+                                                                          take_handler handler,
+                                                                          Clock::time_point now, bool& wake) {
+    bool collect = false;
+    job_ptr job = next_locked(now, collect); // after close() too: queued requests are drained
+    if (collect) {
+        transition_locked(id, WorkerState::busy);
+        collecting_->id = id;
+        collecting_->handler = std::move(handler);
+        collecting_->executor = std::move(executor);
+        wake = wake || collecting_->due < armed_;
+        return std::nullopt;
+    }
+    if (job || closed_ || !transition_locked(id, WorkerState::idle)) {
+        wake = wake || (job && start_locked(id, job));
+        return handoff{std::move(handler), std::move(executor), std::move(job)};
+    }
+    pressure_since_ = Clock::time_point::max(); // a worker is idle: no pressure
+    parked_.push_back(parked_worker{id, std::move(handler), std::move(executor), now});
+    return std::nullopt;
+}
+
+MODELPOOL_DECL std::optional<key_router::handoff> key_router::dispatch_collected_locked(Clock::time_point now,
+                                                                                        bool& wake) {
+    if (!collecting_) {
+        return std::nullopt;
+    }
+    auto batch = std::move(*collecting_);
+    collecting_.reset();
+    std::erase_if(batch.items, [](const job_ptr& job) { return job->claimed(); });
+    if (batch.items.empty()) {
+        return take_locked(batch.id, std::move(batch.executor), std::move(batch.handler), now, wake);
+    }
+    const std::size_t max = spec_->batching.max_batch_size;
+    if (batch.items.size() < max) {
+        queue_.take_compatible(*batch.items.front(), max - batch.items.size(), batch.items);
+    }
+    stats_->batch_size.record(batch.items.size());
+    job_ptr job = batch.items.size() == 1 ? batch.items.front()
+                                          : batch.items.front()->make_batch(std::move(batch.items),
+                                                                            spec_->batching.retry_items_on_failure);
+    wake = start_locked(batch.id, job) || wake;
+    return handoff{std::move(batch.handler), std::move(batch.executor), std::move(job)};
 }
 
 MODELPOOL_DECL PoolError key_router::closed_error() const {
