@@ -268,6 +268,9 @@ MODELPOOL_DECL result<void> key_router::submit(job_ptr job) {
             wake = due < armed_;
             lock.unlock();
         } else {
+            if (spec_ && spec_->batching.max_batch_size > 1 && job->batchable()) {
+                stats_->batch_size.record(1); // an idle worker serves it at once, alone
+            }
             wake = start_locked(id, job);
             lock.unlock();
             post_completion(std::move(handler), executor, std::move(job));
