@@ -13,6 +13,7 @@ packages=(cmake ninja-build g++ libboost1.81-dev libfmt-dev libspdlog-dev catch2
     # The HTTP server's tests and benchmarks: nginx (replicas, the benchmark baseline), wrk (load), PyYAML (the
     # deploy/ manifests' check), curl (the README's curl lines).
     nginx wrk python3-yaml curl
+    libeigen3-dev # the dynamic-batching benchmark's embedder (bench/batching.cpp)
     "$@")
 
 # Node.js and npm run the official `openai` client's test (tests/openai/). A machine that already has them (for
