@@ -472,10 +472,12 @@ struct Lineup {
 /// Registers the five models (and the broken one); their loaders fetch their files from `server`.
 void register_models(const Lineup& lineup, const demo::BuiltinContext& context, demo::Checks& checks) {
     const modelpool::ModelOptions small{.max_workers = 2}; // per_worker_mb 0: the model's own figure
+    // The embedders batch the requests that queue while their workers are busy (no added latency when idle).
+    const modelpool::ModelOptions batched{.max_workers = 2, .batching = {.max_batch_size = 16}};
     const std::vector<std::pair<std::string_view, modelpool::result<void>>> registered = {
-        {sentences, lineup.text_embedding.register_model(context, sentences, small)},
+        {sentences, lineup.text_embedding.register_model(context, sentences, batched)},
         {fables, lineup.text_to_text.register_model(context, fables, small)},
-        {colors, lineup.image_embedding.register_model(context, colors, small)},
+        {colors, lineup.image_embedding.register_model(context, colors, batched)},
         {describer, lineup.vision.register_model(context, describer, small)},
         {painter, lineup.text_to_image.register_model(context, painter, {.max_workers = 4})},
         {broken, context.pool.register_vision_model(

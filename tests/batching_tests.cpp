@@ -201,6 +201,8 @@ TEST_CASE("batching: requests that queue while the worker is busy are served by 
         CHECK(r->at(1) == 2.0f);
     }
     CHECK(f.log->inputs() == Inputs{{"hold"}, {"a", "bb", "ccc", "dddd", "eeeee"}});
+    // Requests, not model calls (a worker counts them just after replying: polled).
+    CHECK(eventually([&] { return f.pool->snapshot("k")->served == 6; }));
     const auto sizes = f.pool->snapshot("k")->batch_size;
     CHECK(sizes.count == 2); // the held request alone, then the batch
     CHECK(sizes.sum == 6);

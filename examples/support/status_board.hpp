@@ -88,10 +88,13 @@ private:
         std::string health = s->failing_fast        ? "  FAILING: " + s->last_load_error
                              : s->load_failures > 0 ? fmt::format("  {} failed loads", s->load_failures)
                                                     : std::string();
+        // The mean batch size of a key with batching: requests per model call.
+        const std::string batches =
+            s->batch_size.count == 0 ? std::string() : fmt::format("  batch {:.1f}", s->batch_size.mean());
         return fmt::format(
-            "{:<14} {:<15} loading {}  serving {} (busy {})  queue {:>3}  {:>4} MB  served {:>6}{}", key,
+            "{:<14} {:<15} loading {}  serving {} (busy {})  queue {:>3}  {:>4} MB  served {:>6}{}{}", key,
             s->capability, s->starting(), s->serving(), s->count(modelpool::WorkerState::busy),
-            s->queue_depth, s->memory_mb, s->served, health);
+            s->queue_depth, s->memory_mb, s->served, batches, health);
     }
 
     void render() {

@@ -127,8 +127,8 @@ inline std::string prometheus_text(const MetricsSnapshot& metrics, const std::ve
     for (const auto& key : keys) {
         w.histogram("modelpool_service_seconds", {{"key", key.key}}, key.service_time);
     }
-    const bool batching =
-        std::any_of(keys.begin(), keys.end(), [](const KeySnapshot& key) { return key.batch_size.count > 0; });
+    const bool batching = std::any_of(keys.begin(), keys.end(),
+                                      [](const KeySnapshot& key) { return key.batch_size.count > 0; });
     if (batching) {
         w.family("modelpool_batch_size", "histogram", "Requests per model call, for models with batching.");
         for (const auto& key : keys) {

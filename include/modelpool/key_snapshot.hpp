@@ -50,8 +50,8 @@ struct KeySnapshot {
     HistogramSnapshot queue_wait;
     /// Seconds from a worker starting the request until it ended.
     HistogramSnapshot service_time;
-    /// Requests per model call of a model with batching (`ModelOptions::batching`); empty otherwise. The queue
-    /// delay a batch adds is part of `queue_wait`.
+    /// Requests per model call of a model with batching (`ModelOptions::batching`); empty otherwise. The
+    /// queue delay a batch adds is part of `queue_wait`.
     HistogramSnapshot batch_size;
 
     /// Workers in `state`.

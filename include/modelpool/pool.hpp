@@ -619,7 +619,8 @@ private:
                             request.queue_timeout->count());
             }
             if (static_cast<std::size_t>(request.priority) >= priority_levels) {
-                return fail(errc::invalid_argument, "priority {} for a request to '{}' is not a Priority level",
+                return fail(errc::invalid_argument,
+                            "priority {} for a request to '{}' is not a Priority level",
                             static_cast<int>(request.priority), key);
             }
             if (request.idle_timeout && request.idle_timeout->count() <= 0) {
@@ -648,14 +649,17 @@ private:
         job.priority = request.priority;
         const auto queue_timeout = request.queue_timeout.value_or(options_.queue_timeout);
         if (queue_timeout.count() > 0) {
-            job.queue_deadline = std::min(job.deadline, Clock::saturating_add(job.enqueued_at, queue_timeout));
+            job.queue_deadline =
+                std::min(job.deadline, Clock::saturating_add(job.enqueued_at, queue_timeout));
         }
     }
 
     // Batching is for capabilities with a batch operation, with sizes that fit the queue.
-    template <class Cap> result<void> check_batching(std::string_view key, const BatchingOptions& batching) const {
+    template <class Cap>
+    result<void> check_batching(std::string_view key, const BatchingOptions& batching) const {
         if (batching.max_batch_size == 0) {
-            return fail(errc::invalid_argument, "batching.max_batch_size of '{}' must be at least 1 (got 0)", key);
+            return fail(errc::invalid_argument, "batching.max_batch_size of '{}' must be at least 1 (got 0)",
+                        key);
         }
         if (batching.max_queue_delay.count() < 0 || batching.max_queue_delay > std::chrono::minutes(1)) {
             return fail(errc::invalid_argument,
@@ -664,9 +668,10 @@ private:
         }
         constexpr bool batches = std::is_same_v<Cap, text_embedding> || std::is_same_v<Cap, image_embedding>;
         if (!batches && (batching.max_batch_size > 1 || batching.max_queue_delay.count() > 0)) {
-            return fail(errc::invalid_argument,
-                        "batching for '{}': {} has no batch operation (text_embedding and image_embedding do)",
-                        key, Cap::name);
+            return fail(
+                errc::invalid_argument,
+                "batching for '{}': {} has no batch operation (text_embedding and image_embedding do)", key,
+                Cap::name);
         }
         if (batching.max_batch_size > options_.queue_capacity) {
             return fail(errc::invalid_argument,

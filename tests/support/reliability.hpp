@@ -627,7 +627,12 @@ Sent send_with(Sender& sender, Ledger& ledger, Cap cap, const std::string& key, 
         unary([&](auto token) { sender.embed(key, std::move(text), std::move(token)); });
         break;
     case Cap::image_embedding:
-        unary([&](auto token) { sender.embed_image_url(key, std::move(text), std::move(token)); });
+        // Alternately a file path (batched on a key with batching) and a URL (never batched).
+        if (e.id % 2 == 0) {
+            unary([&](auto token) { sender.embed_image(key, std::move(text), std::move(token)); });
+        } else {
+            unary([&](auto token) { sender.embed_image_url(key, std::move(text), std::move(token)); });
+        }
         break;
     case Cap::text_to_text:
         streamed(std::type_identity<CompletionChunk>{}, [&](auto token) {
@@ -1099,10 +1104,19 @@ void run_sequence(std::uint64_t seed, Source& source, RandomStats& stats,
         auto& key = keys[pick(keys.size())];
         if (op < 10) { // register (again: refused) or spawn a worker directly
             if (pick(3) != 0) {
-                const ModelOptions model{
+                ModelOptions model{
                     .per_worker_mb = 1 + pick(3), .min_workers = pick(2), .max_workers = 1 + pick(3)};
+                if ((key.cap == Cap::text_embedding || key.cap == Cap::image_embedding) && pick(2) == 0) {
+                    // Batching: sometimes larger than the queue (refused), sometimes with a queue delay.
+                    model.batching = {.max_batch_size = 1 + pick(rig.pool().options().queue_capacity + 1),
+                                      .max_queue_delay = std::chrono::microseconds(
+                                          pick(3) == 0 ? 1000 * (1 + pick(500)) : 0),
+                                      .retry_items_on_failure = pick(4) != 0};
+                }
                 note("step ", step, ": register ", key.name, " (", model.per_worker_mb, " MB, min ",
-                     model.min_workers, ", max ", model.max_workers, ")");
+                     model.min_workers, ", max ", model.max_workers, ", batch ",
+                     model.batching.max_batch_size, " delay ", model.batching.max_queue_delay.count(), " us",
+                     model.batching.retry_items_on_failure ? "" : " no retries", ")");
                 // Refused (invalid_argument) while workers spawned directly on the key are alive: a key is
                 // the pool's or the application's, never both (the fuzzer found a registered key exceeding
                 // its max_workers by adopting them).
@@ -1137,14 +1151,26 @@ void run_sequence(std::uint64_t seed, Source& source, RandomStats& stats,
             if (pick(4) == 0) {
                 options.request = RequestOptions{.timeout = std::chrono::milliseconds(500 + pick(8000))};
             }
+            if (pick(3) == 0) { // a priority, and sometimes a queue timeout
+                options.request = options.request.value_or(RequestOptions{});
+                options.request->priority = static_cast<Priority>(pick(priority_levels));
+                if (pick(2) == 0) {
+                    options.request->queue_timeout = std::chrono::milliseconds(1 + pick(2000));
+                }
+            }
             sent.push_back(rig.send(key.cap, key.name, verb, options));
             note("step ", step, ": request ", sent.back().entry->id, " to ", key.name, " '", verb, "'",
                  options.cancellable ? ", cancellable" : "",
                  options.abandon_after != static_cast<std::size_t>(-1)
                      ? ", abandoned after " + std::to_string(options.abandon_after) + " chunks"
                      : "",
-                 options.request ? ", timeout " + std::to_string(options.request->timeout->count()) + " ms"
-                                 : "");
+                 options.request && options.request->timeout
+                     ? ", timeout " + std::to_string(options.request->timeout->count()) + " ms"
+                     : "",
+                 options.request ? ", priority " + std::string(to_string(options.request->priority)) : "",
+                 options.request && options.request->queue_timeout
+                     ? ", queue timeout " + std::to_string(options.request->queue_timeout->count()) + " ms"
+                     : "");
             ++stats.requests;
         } else if (op < 63) { // cancel a pending unary request / abandon a stream
             auto pending = rig.ledger.pending();

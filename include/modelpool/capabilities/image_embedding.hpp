@@ -90,8 +90,8 @@ struct image_embedding {
         detail::type_list<embed_image_op, embed_image_url_op, embed_image_base64_op, batch_embed_images_op>;
 };
 
-/// Dynamic batching: `embed_image` requests (image files) become one `batch_embed_images` call. URL and base64
-/// requests are not batched: the batch operation takes file paths.
+/// Dynamic batching: `embed_image` requests (image files) become one `batch_embed_images` call. URL and
+/// base64 requests are not batched: the batch operation takes file paths.
 template <> struct batch_traits<image_embedding::embed_image_op> {
     using batch_op = image_embedding::batch_embed_images_op; ///< The batch call.
     /// Any two image files share a batch (the operation has no options).

@@ -39,7 +39,7 @@ public:
     }
 
     /// The requests of the batch.
-    [[nodiscard]] std::size_t size() const noexcept { return items_.size(); }
+    [[nodiscard]] std::size_t requests() const noexcept override { return items_.size(); }
 
     asio::awaitable<void> serve(const invoker<Cap>& model) override {
         std::vector<std::shared_ptr<item_type>> live;
@@ -72,7 +72,8 @@ public:
             // A model that miscounts cannot be trusted with any item: a clear error for each request.
             const PoolError wrong(errc::model_error,
                                   fmt::format("{} returned {} items for a batch of {} requests",
-                                              batch_traits<Op>::batch_op::name, outcome->size(), live.size()));
+                                              batch_traits<Op>::batch_op::name, outcome->size(),
+                                              live.size()));
             for (const auto& item : live) {
                 item->deliver(unexpected<PoolError>(wrong));
             }

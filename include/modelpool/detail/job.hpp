@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <utility>
@@ -55,13 +56,16 @@ public:
     /// True when `other` may share one batch call with this request (same operation, same options).
     [[nodiscard]] virtual bool batches_with(const job_base& /*other*/) const noexcept { return false; }
 
+    /// The requests this job serves: 1, or a batch's size.
+    [[nodiscard]] virtual std::size_t requests() const noexcept { return 1; }
+
     /// True when this request could be batched at all.
     [[nodiscard]] virtual bool batchable() const noexcept { return false; }
 
     /// The job that serves `items` (this request first, then others it `batches_with`) with one batch call;
     /// `retry_items`: a failed batch call is retried one request at a time.
-    [[nodiscard]] virtual std::shared_ptr<job_base> make_batch(std::vector<std::shared_ptr<job_base>> /*items*/,
-                                                               bool /*retry_items*/) {
+    [[nodiscard]] virtual std::shared_ptr<job_base>
+    make_batch(std::vector<std::shared_ptr<job_base>> /*items*/, bool /*retry_items*/) {
         return nullptr;
     }
 

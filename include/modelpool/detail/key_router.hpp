@@ -337,8 +337,7 @@ private:
         bool serving = false; // a worker serves it (else it was queued or held in a collecting batch)
         bool whole = true;    // everything the job stands for expired (a batch may expire in part)
     };
-    Clock::time_point expire_locked(Clock::time_point now, std::vector<expiry>& expired,
-                                    std::size_t& stuck);
+    Clock::time_point expire_locked(Clock::time_point now, std::vector<expiry>& expired, std::size_t& stuck);
 
     // The key's deadline sweeper: one coroutine per key (not a timer per request) that sleeps on the pool's
     // clock until the earliest deadline among the key's queued and running requests, and ends each expired
@@ -355,8 +354,8 @@ private:
     job_ptr pop_locked();
 
     // The next job for a worker: a queued request, or a batch of compatible ones (see the file comment).
-    // Returns nullptr with `collect` set when the worker must hold a partial batch (now `collecting_`).
-    job_ptr next_locked(Clock::time_point now, bool& collect);
+    // Returns nullptr with `partial` filled when the worker must hold a partial batch until `due`.
+    job_ptr next_locked(Clock::time_point now, std::vector<job_ptr>& partial, Clock::time_point& due);
 
     // What to complete a worker's take with, after the lock is released.
     struct handoff {
@@ -374,7 +373,9 @@ private:
     // take_locked gives it).
     std::optional<handoff> dispatch_collected_locked(Clock::time_point now, bool& wake);
 
-    // A worker holding a partial batch for `max_queue_delay` (at most one per key).
+    // A worker holding a partial batch for `max_queue_delay` (at most one per key). Built in one piece, never
+    // assigned to: Boost 1.81's any_completion_handler move-assignment wraps the handler in a new one each
+    // time (see parked_worker).
     struct collecting_batch {
         WorkerId id;
         take_handler handler;

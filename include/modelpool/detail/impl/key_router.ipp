@@ -263,8 +263,8 @@ MODELPOOL_DECL result<void> key_router::submit(job_ptr job) {
             // Triton's behaviour with a queue delay: the idle worker holds the request for a fuller batch.
             transition_locked(id, WorkerState::busy);
             const auto due = Clock::saturating_add(job->enqueued_at, spec_->batching.max_queue_delay);
-            collecting_.emplace(
-                collecting_batch{id, std::move(handler), std::move(executor), std::vector<job_ptr>{job}, due});
+            collecting_.emplace(collecting_batch{id, std::move(handler), std::move(executor),
+                                                 std::vector<job_ptr>{job}, due});
             wake = due < armed_;
             lock.unlock();
         } else {
@@ -318,8 +318,9 @@ MODELPOOL_DECL key_router::job_ptr key_router::try_take(WorkerId id) {
     if (spec_ && spec_->batching.max_queue_delay.count() > 0) {
         return nullptr; // async_take may have to hold a partial batch, which needs the worker's handler
     }
-    bool collect = false;
-    auto job = next_locked(now, collect);
+    std::vector<job_ptr> partial; // stays empty: without a queue delay no batch is held
+    Clock::time_point due{};
+    auto job = next_locked(now, partial, due);
     if (job && start_locked(id, job)) {
         lock.unlock();
         wake_sweeper();
@@ -346,8 +347,9 @@ MODELPOOL_DECL void key_router::remove(const job_base* job) {
     std::lock_guard lock(mutex_);
     if (!queue_.remove(job) && collecting_) {
         auto& items = collecting_->items;
-        items.erase(std::remove_if(items.begin(), items.end(), [job](const job_ptr& j) { return j.get() == job; }),
-                    items.end());
+        items.erase(
+            std::remove_if(items.begin(), items.end(), [job](const job_ptr& j) { return j.get() == job; }),
+            items.end());
         // An emptied batch is handed over all the same: the worker finds nothing to do and parks again.
     }
 }
@@ -385,13 +387,15 @@ MODELPOOL_DECL void key_router::interrupt(const job_ptr& job) {
 
 MODELPOOL_DECL key_router::after_request key_router::request_served(WorkerId id) {
     std::lock_guard lock(mutex_);
-    ++served_;
     auto it = workers_.find(id);
     if (it == workers_.end()) {
+        ++served_;
         return {};
     }
     auto& entry = it->second;
-    ++entry.served;
+    const std::size_t requests = entry.current ? entry.current->requests() : 1; // a batch serves several
+    served_ += requests;
+    entry.served += requests;
     entry.current.reset();
     entry.overdue.reset();
     after_request after{.stop = false, .interrupted = std::exchange(entry.interrupted, false)};
@@ -418,7 +422,8 @@ MODELPOOL_DECL void key_router::close(std::string reason) {
         closed_ = true;
         closed_reason_ = std::move(reason);
         bool wake = false;
-        collected = dispatch_collected_locked(core_->clock->now(), wake); // no more waiting for a fuller batch
+        collected =
+            dispatch_collected_locked(core_->clock->now(), wake); // no more waiting for a fuller batch
         if (alive_locked() == 0) {
             take_queue_locked(orphans);
         }
@@ -717,8 +722,8 @@ MODELPOOL_DECL void key_router::wake_sweeper() {
     });
 }
 
-MODELPOOL_DECL Clock::time_point key_router::expire_locked(Clock::time_point now, std::vector<expiry>& expired,
-                                                           std::size_t& stuck) {
+MODELPOOL_DECL Clock::time_point key_router::expire_locked(Clock::time_point now,
+                                                           std::vector<expiry>& expired, std::size_t& stuck) {
     Clock::time_point earliest = Clock::time_point::max();
     // A waiting request expires at its deadline or its queue deadline, whichever comes first.
     const auto expire_waiting = [&](job_ptr& job) {
@@ -824,7 +829,8 @@ MODELPOOL_DECL asio::awaitable<void> key_router::sweep(std::shared_ptr<key_route
         }
         for (auto& [job, serving, whole] : expired) {
             const auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(now - job->enqueued_at);
-            const bool queue_limit = !serving && job->queue_deadline <= now && job->queue_deadline < job->deadline;
+            const bool queue_limit =
+                !serving && job->queue_deadline <= now && job->queue_deadline < job->deadline;
             job->expire(now, PoolError(errc::timeout,
                                        fmt::format("request to '{}' timed out after {} ms ({})", self->key_,
                                                    waited.count(),
@@ -871,13 +877,14 @@ MODELPOOL_DECL key_router::job_ptr key_router::pop_locked() {
     return nullptr;
 }
 
-MODELPOOL_DECL key_router::job_ptr key_router::next_locked(Clock::time_point now, bool& collect) {
-    collect = false;
+MODELPOOL_DECL key_router::job_ptr
+key_router::next_locked(Clock::time_point now, std::vector<job_ptr>& partial, Clock::time_point& due) {
     job_ptr first;
     if (collecting_) {
         // Requests that can join the collecting batch wait for it; the others are served as usual.
         const auto& head = *collecting_->items.front();
-        first = queue_.pop_where([&](const job_base& job) { return !job.claimed() && !head.batches_with(job); });
+        first =
+            queue_.pop_where([&](const job_base& job) { return !job.claimed() && !head.batches_with(job); });
     } else {
         first = pop_locked();
     }
@@ -887,10 +894,9 @@ MODELPOOL_DECL key_router::job_ptr key_router::next_locked(Clock::time_point now
     const auto& batching = spec_->batching;
     std::vector<job_ptr> items{first};
     queue_.take_compatible(*first, batching.max_batch_size - 1, items);
-    const auto due = Clock::saturating_add(first->enqueued_at, batching.max_queue_delay);
+    due = Clock::saturating_add(first->enqueued_at, batching.max_queue_delay);
     if (!collecting_ && !closed_ && items.size() < batching.max_batch_size && due > now) {
-        collecting_.emplace(collecting_batch{0, take_handler{}, {}, std::move(items), due});
-        collect = true;
+        partial = std::move(items);
         return nullptr;
     }
     stats_->batch_size.record(items.size());
@@ -901,14 +907,14 @@ MODELPOOL_DECL std::optional<key_router::handoff> key_router::take_locked(Worker
                                                                           asio::any_io_executor executor,
                                                                           take_handler handler,
                                                                           Clock::time_point now, bool& wake) {
-    bool collect = false;
-    job_ptr job = next_locked(now, collect); // after close() too: queued requests are drained
-    if (collect) {
+    std::vector<job_ptr> partial;
+    Clock::time_point due{};
+    job_ptr job = next_locked(now, partial, due); // after close() too: queued requests are drained
+    if (!partial.empty()) {
         transition_locked(id, WorkerState::busy);
-        collecting_->id = id;
-        collecting_->handler = std::move(handler);
-        collecting_->executor = std::move(executor);
-        wake = wake || collecting_->due < armed_;
+        collecting_.emplace(
+            collecting_batch{id, std::move(handler), std::move(executor), std::move(partial), due});
+        wake = wake || due < armed_;
         return std::nullopt;
     }
     if (job || closed_ || !transition_locked(id, WorkerState::idle)) {
@@ -936,9 +942,10 @@ MODELPOOL_DECL std::optional<key_router::handoff> key_router::dispatch_collected
         queue_.take_compatible(*batch.items.front(), max - batch.items.size(), batch.items);
     }
     stats_->batch_size.record(batch.items.size());
-    job_ptr job = batch.items.size() == 1 ? batch.items.front()
-                                          : batch.items.front()->make_batch(std::move(batch.items),
-                                                                            spec_->batching.retry_items_on_failure);
+    job_ptr job =
+        batch.items.size() == 1
+            ? batch.items.front()
+            : batch.items.front()->make_batch(std::move(batch.items), spec_->batching.retry_items_on_failure);
     wake = start_locked(batch.id, job) || wake;
     return handoff{std::move(batch.handler), std::move(batch.executor), std::move(job)};
 }
