@@ -761,11 +761,12 @@ TEST_CASE("randomized sequences of spawn - request - cancel - clock - eviction -
         std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start)
             .count();
     std::printf(
-        "reliability random: %llu seeds from %llu, %llu steps, %llu requests, %llu faults injected in "
-        "%lld ms\n",
+        "reliability random: %llu seeds from %llu, %llu steps, %llu requests, %llu faults injected, %llu "
+        "batch calls serving %llu requests, in %lld ms\n",
         static_cast<unsigned long long>(seeds), static_cast<unsigned long long>(first),
         static_cast<unsigned long long>(stats.steps), static_cast<unsigned long long>(stats.requests),
-        static_cast<unsigned long long>(stats.faults), static_cast<long long>(ms));
+        static_cast<unsigned long long>(stats.faults), static_cast<unsigned long long>(stats.batches),
+        static_cast<unsigned long long>(stats.batched_requests), static_cast<long long>(ms));
 }
 
 // ===========================================================================================================

@@ -1015,6 +1015,8 @@ struct RandomStats {
     std::uint64_t steps = 0;
     std::uint64_t requests = 0;
     std::uint64_t faults = 0;
+    std::uint64_t batches = 0;          ///< Model calls that served more than one request.
+    std::uint64_t batched_requests = 0; ///< Requests those calls served.
 };
 
 /// Where a sequence gets its choices: `pick(n)` returns one in [0, n); `more()` false ends the sequence early
@@ -1243,6 +1245,14 @@ void run_sequence(std::uint64_t seed, Source& source, RandomStats& stats,
     }
     note("end: check after stop");
     rig.check_after_stop();
+    for (const auto& key : rig.pool().snapshot()) {
+        // Batch calls of more than one request: every bucket above the first (sizes 2 and more).
+        for (std::size_t i = 1; i < key.batch_size.counts.size(); ++i) {
+            stats.batches += key.batch_size.counts[i];
+        }
+        const auto singles = key.batch_size.counts.empty() ? 0 : key.batch_size.counts[0];
+        stats.batched_requests += static_cast<std::uint64_t>(key.batch_size.sum) - singles;
+    }
     stats.faults += static_cast<std::uint64_t>(f.injected.load());
 }
 
