@@ -539,6 +539,9 @@ TEST_CASE("Streamed completions are framed exactly as OpenAI's server-sent event
         CHECK(json::serialize(delta(3)) == "{}");
         CHECK(chunks[2].at("choices").as_array()[0].at("finish_reason").is_null());
         CHECK(chunks[3].at("choices").as_array()[0].at("finish_reason") == "stop");
+        for (std::size_t i = 0; i < 4; ++i) {
+            CHECK(chunks[i].at("usage").is_null()); // as OpenAI frames it: null until the usage chunk
+        }
         CHECK(chunks[4].at("choices").as_array().empty());
         CHECK(json::serialize(chunks[4].at("usage")) ==
               R"({"prompt_tokens":3,"completion_tokens":2,"total_tokens":5})");

@@ -269,7 +269,7 @@ describe('modelpool_server with its demo models', () => {
                 assert.deepEqual(body.at(-1).choices[0].delta, {});
                 assert.equal(body.at(-1).choices[0].finish_reason, 'length');
                 for (const chunk of body) {
-                    assert.equal(chunk.usage ?? null, null, 'only the last chunk carries usage');
+                    assert.ok('usage' in chunk && chunk.usage === null, 'usage: null until the last chunk');
                 }
                 assert.deepEqual(last.choices, []);
                 assert.deepEqual(last.usage, {

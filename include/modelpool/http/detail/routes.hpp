@@ -318,6 +318,9 @@ struct completion_frame {
     std::int64_t created{}; ///< Unix seconds.
     std::string model;      ///< The OpenAI model name.
     bool chat = false;      ///< Chat format.
+    /// `stream_options.include_usage`: every chunk carries `"usage": null` until the last one has the counts,
+    /// as OpenAI frames it.
+    bool include_usage = false;
 };
 
 /// A stream chunk (`object` "text_completion" or "chat.completion.chunk") for choice `index`.
@@ -340,6 +343,9 @@ inline json::object stream_chunk(const completion_frame& frame, std::size_t inde
     chunk["created"] = frame.created;
     chunk["model"] = frame.model;
     chunk["choices"] = std::move(choices);
+    if (frame.include_usage) {
+        chunk["usage"] = nullptr;
+    }
     return chunk;
 }
 
@@ -370,7 +376,7 @@ asio::awaitable<void> run_completion(server_state& state, connection& conn, exch
         (request.chat ? "chatcmpl-" : "cmpl-") + state.new_id(),
         std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
             .count(),
-        request.model, request.chat};
+        request.model, request.chat, request.include_usage};
     std::size_t prompt_tokens = 0;
     for (const auto& prompt : request.prompts) {
         prompt_tokens += count_words(prompt) * request.n;
