@@ -72,6 +72,25 @@ struct HistogramSnapshot {
     [[nodiscard]] double mean() const { return count == 0 ? 0.0 : sum / static_cast<double>(count); }
 };
 
+namespace detail {
+
+/// A snapshot of buckets `counts` (the last one +Inf) with finite upper `bounds` and `sum`.
+template <std::size_t N>
+HistogramSnapshot snapshot_of(const std::array<double, N>& bounds,
+                              const std::array<std::atomic<std::uint64_t>, N + 1>& counts, double sum) {
+    HistogramSnapshot snap;
+    snap.upper_bounds.assign(bounds.begin(), bounds.end());
+    snap.counts.resize(counts.size());
+    for (std::size_t i = 0; i < counts.size(); ++i) {
+        snap.counts[i] = counts[i].load(std::memory_order_relaxed);
+        snap.count += snap.counts[i];
+    }
+    snap.sum = sum;
+    return snap;
+}
+
+} // namespace detail
+
 /// Lock-free latency histogram with fixed buckets (relaxed atomics). Not copyable or movable.
 class LatencyHistogram {
 public:
@@ -99,15 +118,8 @@ public:
 
     /// Copies the counts. `count` is the sum of the copied bucket counts, so the two always agree.
     [[nodiscard]] HistogramSnapshot snapshot() const {
-        HistogramSnapshot snap;
-        snap.upper_bounds.assign(default_bounds.begin(), default_bounds.end());
-        snap.counts.resize(counts_.size());
-        for (std::size_t i = 0; i < counts_.size(); ++i) {
-            snap.counts[i] = counts_[i].load(std::memory_order_relaxed);
-            snap.count += snap.counts[i];
-        }
-        snap.sum = static_cast<double>(sum_ns_.load(std::memory_order_relaxed)) / 1e9;
-        return snap;
+        return detail::snapshot_of(default_bounds, counts_,
+                                   static_cast<double>(sum_ns_.load(std::memory_order_relaxed)) / 1e9);
     }
 
 private:
@@ -149,15 +161,8 @@ public:
 
     /// Copies the counts (see LatencyHistogram::snapshot).
     [[nodiscard]] HistogramSnapshot snapshot() const {
-        HistogramSnapshot snap;
-        snap.upper_bounds.assign(default_bounds.begin(), default_bounds.end());
-        snap.counts.resize(counts_.size());
-        for (std::size_t i = 0; i < counts_.size(); ++i) {
-            snap.counts[i] = counts_[i].load(std::memory_order_relaxed);
-            snap.count += snap.counts[i];
-        }
-        snap.sum = static_cast<double>(sum_.load(std::memory_order_relaxed));
-        return snap;
+        return detail::snapshot_of(default_bounds, counts_,
+                                   static_cast<double>(sum_.load(std::memory_order_relaxed)));
     }
 
 private:
