@@ -88,6 +88,8 @@
 #include <variant>
 #include <vector>
 
+#include <time.h>
+
 namespace {
 
 namespace asio = modelpool::asio;
@@ -314,6 +316,7 @@ public:
             pending_ = std::move(other.pending_);
             name_ = std::move(other.name_);
             status_ = other.status_;
+            cpu_seconds_ = other.cpu_seconds_;
         }
         return *this;
     }
@@ -329,8 +332,10 @@ public:
             return true;
         }
         int status = 0;
-        if (waitpid(pid_, &status, WNOHANG) == pid_) {
+        rusage usage{};
+        if (wait4(pid_, &status, WNOHANG, &usage) == pid_) {
             status_ = status;
+            cpu_seconds_ = seconds_of(usage.ru_utime) + seconds_of(usage.ru_stime);
             pid_ = -1;
             return true;
         }
@@ -339,6 +344,9 @@ public:
 
     /// The wait status of the exited child.
     [[nodiscard]] int exit_status() const noexcept { return status_; }
+
+    /// The CPU time (user + system) the exited child used.
+    [[nodiscard]] double cpu_seconds() const noexcept { return cpu_seconds_; }
 
     void write_line(std::string_view line) {
         std::string text = std::string(line) + "\n";
@@ -442,10 +450,15 @@ private:
         }
     }
 
+    static double seconds_of(const timeval& time) {
+        return static_cast<double>(time.tv_sec) + static_cast<double>(time.tv_usec) * 1e-6;
+    }
+
     pid_t pid_ = -1;
     int in_ = -1;
     int out_ = -1;
     int status_ = 0;
+    double cpu_seconds_ = 0;
     std::string pending_;
     std::string name_;
 };
@@ -501,6 +514,13 @@ CpuTime tree_cpu_time(pid_t pid) {
         total.system += more.system;
     }
     return total;
+}
+
+/// This process's CPU time (all threads), in seconds, at the clock's resolution.
+double process_cpu_seconds() {
+    timespec now{};
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &now);
+    return static_cast<double>(now.tv_sec) + static_cast<double>(now.tv_nsec) * 1e-9;
 }
 
 std::string load_average() {
@@ -663,6 +683,7 @@ struct WrkRun {
     double server_cores = 0;       ///< The server's CPU seconds per second of the run.
     double cpu_us_per_request = 0; ///< The server's CPU microseconds per request.
     double system_share = 0;       ///< The part of it spent in the kernel.
+    double client_cores = 0;       ///< wrk's CPU seconds per second of the run.
 };
 
 /// "1.23ms", "456.00us", "1.02s" -> milliseconds.
@@ -756,6 +777,7 @@ WrkRun run_wrk(const Settings& s, const std::filesystem::path& script, std::uint
     run.server_cores = cpu.total() / wall;
     run.cpu_us_per_request = cpu.total() * 1e6 / run.requests;
     run.system_share = (cpu.total() > 0 ? cpu.system / cpu.total() : 0.0);
+    run.client_cores = wrk.cpu_seconds() / wall;
     return run;
 }
 
@@ -913,9 +935,10 @@ OverheadResult case_overhead(const Settings& s) {
                             : run_wrk(s, script, nginx.port(), s.seconds, nginx.pid());
             std::fprintf(stderr,
                          "  rep %zu %-9s %9.0f req/s, p50 %.3f ms, p99 %.3f ms, %.0f requests, server %.2f "
-                         "cores, %.1f us CPU/request (%.0f%% in the kernel)\n",
+                         "cores, %.1f us CPU/request (%.0f%% in the kernel); wrk %.2f cores\n",
                          r, ours ? "modelpool" : "nginx", run.requests_per_s, run.p50_ms, run.p99_ms,
-                         run.requests, run.server_cores, run.cpu_us_per_request, 100 * run.system_share);
+                         run.requests, run.server_cores, run.cpu_us_per_request, 100 * run.system_share,
+                         run.client_cores);
             if (run.errors > 0) {
                 throw std::runtime_error(
                     fmt::format("{}: wrk saw {} errors", ours ? "modelpool" : "nginx", run.errors));
@@ -1110,10 +1133,10 @@ SseResult case_sse(const Settings& s) {
                                                      static_cast<double>(s.streams * s.tokens));
                 result.server_system_share.push_back((cpu.total() > 0 ? cpu.system / cpu.total() : 0.0));
             } else {
-                const auto cpu_before = cpu_time_of(getpid());
+                // A run lasts a few ms: the process clock, not /proc's 10 ms ticks.
+                const double cpu_before = process_cpu_seconds();
                 result.in_process.push_back(sse_in_process(s, *pool));
-                const auto cpu = cpu_time_of(getpid()) - cpu_before;
-                result.in_process_us_per_token.push_back(cpu.total() * 1e6 /
+                result.in_process_us_per_token.push_back((process_cpu_seconds() - cpu_before) * 1e6 /
                                                          static_cast<double>(s.streams * s.tokens));
             }
         }
@@ -1355,13 +1378,15 @@ int run(Settings& s) {
             "kernel; p50 "
             "latency modelpool {:.3f} ms, nginx {:.3f} ms; body {} bytes, whole response modelpool {} bytes, "
             "nginx "
-            "{} bytes.\n",
+            "{} bytes; wrk used {:.2f} cores against modelpool, {:.2f} against nginx.\n",
             cores(overhead->modelpool), cpu(overhead->modelpool),
             100 * median(field(overhead->modelpool, &WrkRun::system_share)), cores(overhead->nginx),
             cpu(overhead->nginx), 100 * median(field(overhead->nginx, &WrkRun::system_share)),
             median(field(overhead->modelpool, &WrkRun::p50_ms)),
             median(field(overhead->nginx, &WrkRun::p50_ms)), overhead->body_bytes,
-            overhead->modelpool_response_bytes, overhead->nginx_response_bytes);
+            overhead->modelpool_response_bytes, overhead->nginx_response_bytes,
+            median(field(overhead->modelpool, &WrkRun::client_cores)),
+            median(field(overhead->nginx, &WrkRun::client_cores)));
     }
     if (sse) {
         fmt::print(
