@@ -347,9 +347,9 @@ MODELPOOL_DECL void key_router::remove(const job_base* job) {
     std::lock_guard lock(mutex_);
     if (!queue_.remove(job) && collecting_) {
         auto& items = collecting_->items;
-        items.erase(std::remove_if(items.begin(), items.end(),
-                                   [job](const job_ptr& held_job) { return held_job.get() == job; }),
-                    items.end());
+        items.erase(
+            std::remove_if(items.begin(), items.end(), [job](const job_ptr& j) { return j.get() == job; }),
+            items.end());
         // An emptied batch is handed over all the same: the worker finds nothing to do and parks again.
     }
 }
